@@ -1,0 +1,11 @@
+"""fastbind: fast binding of rare and novel classes in PyTorch.
+
+The public API is deliberately small; everything else lives in submodules
+(``fastbind.data``, ``fastbind.models``, ``fastbind.training``, ``fastbind.recipes``).
+"""
+
+__version__ = "0.1.0"
+
+from fastbind.layers.hebbian_softmax import HebbianSoftmax
+
+__all__ = ["HebbianSoftmax", "__version__"]

@@ -1,0 +1,53 @@
+"""Command line: ``fastbind <command> [--config FILE] [key=value ...]``.
+
+Each command is a recipe module exposing ``main(argv) -> int``; recipes are imported
+lazily so ``fastbind --help`` stays fast. Errors a user can fix (bad input, missing
+files, bad keys) are raised as :class:`fastbind.errors.UserError` and reported as one
+line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fastbind import __version__
+from fastbind.errors import UserError
+
+# command -> (module, one-line help). Recipes are listed here as they land.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    epilog = "commands:\n" + "\n".join(lines) if lines else None
+    p = argparse.ArgumentParser(
+        prog="fastbind",
+        description="Fast binding of rare and novel classes (Hebbian Softmax, neural cache, MbPA).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"fastbind {__version__}")
+    p.add_argument("command", nargs="?", help="the command to run (see below)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="command arguments: [--config FILE] [key=value ...]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 0
+    if ns.command not in COMMANDS:
+        print(f"fastbind: error: unknown command {ns.command!r} (known: {', '.join(COMMANDS) or 'none'})",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[ns.command][0])
+    try:
+        return int(module.main(ns.args) or 0)
+    except UserError as e:
+        print(f"fastbind {ns.command}: error: {e}", file=sys.stderr)
+        return 2

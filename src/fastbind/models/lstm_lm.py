@@ -1,0 +1,116 @@
+"""Word-level LSTM language model with a softmax or Hebbian Softmax output layer.
+
+The paper's language models (Rae et al. 2018, section 4.2): embedding → input dropout →
+1..n LSTM layers (optional LayerNorm on the output) → output dropout → output layer, with
+input and output embeddings tied by default. ``forward`` returns the logits, the new
+recurrent state and, for :meth:`HebbianSoftmax.memorize` and the evaluation-time memories,
+the hidden states *before* output dropout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastbind.layers.hebbian_softmax import HebbianSoftmax
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class LMConfig:
+    """Model settings (``vocab_size`` is taken from the data when 0)."""
+
+    vocab_size: int = 0
+    emb_dim: int = 256
+    hidden: int = 256
+    layers: int = 1
+    input_dropout: float = 0.3  # on embeddings, before the LSTM (the paper's "input dropout")
+    dropout: float = 0.3  # on LSTM outputs, before the output layer
+    layer_norm: bool = False
+    tied: bool = True
+    head: Literal["softmax", "hebbian"] = "softmax"
+    gamma: float = 0.25  # Hebbian γ
+    T: int = 500  # Hebbian T
+    objective: Literal["l2", "ip", "svm", "smax"] = "l2"
+
+
+class LMOutput(NamedTuple):
+    logits: torch.Tensor  # (B, L, V)
+    state: State  # each (layers, B, hidden)
+    hidden: torch.Tensor  # (B, L, d_out), pre-dropout input to the output layer
+
+
+class LSTMLM(nn.Module):
+    """LSTM language model.
+
+    When ``tied`` and ``hidden != emb_dim`` a linear projection maps the LSTM output to
+    ``emb_dim`` so the output layer can share the embedding matrix; ``hidden`` in
+    :class:`LMOutput` is then the projected vector (the output layer's input).
+    """
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("LMConfig.vocab_size must be set (> 0)")
+        if cfg.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {cfg.layers}")
+        self.cfg = cfg
+        V = cfg.vocab_size
+        self.embedding = nn.Embedding(V, cfg.emb_dim)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        self.lstm = nn.LSTM(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        self.norm = nn.LayerNorm(cfg.hidden) if cfg.layer_norm else nn.Identity()
+        d_out = cfg.emb_dim if cfg.tied else cfg.hidden
+        self.proj = nn.Linear(cfg.hidden, d_out) if cfg.tied and cfg.hidden != cfg.emb_dim else nn.Identity()
+        self.d_out = d_out
+        tied_weight = self.embedding.weight if cfg.tied else None
+        if cfg.head == "hebbian":
+            self.head: nn.Module = HebbianSoftmax(d_out, V, gamma=cfg.gamma, T=cfg.T, weight=tied_weight,
+                                                  objective=cfg.objective)
+        elif cfg.head == "softmax":
+            self.head = nn.Linear(d_out, V)
+            if tied_weight is not None:
+                self.head.weight = tied_weight
+        else:
+            raise ValueError(f"head must be 'softmax' or 'hebbian', got {cfg.head!r}")
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def is_hebbian(self) -> bool:
+        return isinstance(self.head, HebbianSoftmax)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        """Zero recurrent state ``(h0, c0)``, each ``(layers, B, hidden)``."""
+        p = next(self.parameters())
+        z = torch.zeros(self.cfg.layers, batch_size, self.cfg.hidden, device=device or p.device, dtype=p.dtype)
+        return z, z.clone()
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> LMOutput:
+        """Next-token logits for token ids ``x (B, L)``; ``state`` carries across chunks."""
+        if x.dim() != 2:
+            raise ValueError(f"x must be (batch, length) token ids, got shape {tuple(x.shape)}")
+        e = F.dropout(self.embedding(x), self.cfg.input_dropout, self.training)  # (B, L, emb)
+        out, state = self.lstm(e, state)  # (B, L, hidden)
+        hidden = self.proj(self.norm(out))  # (B, L, d_out), what memorize sees
+        logits = self.head(F.dropout(hidden, self.cfg.dropout, self.training))  # (B, L, V)
+        return LMOutput(logits, state, hidden)
+
+    @torch.no_grad()
+    def memorize(self, hidden: torch.Tensor, y: torch.Tensor) -> None:
+        """Hebbian update of the output layer (no-op for a plain softmax head)."""
+        if self.is_hebbian:
+            self.head.memorize(hidden, y)
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W (V, d_out), b (V,) or None)`` of the output layer, for cache/MbPA evaluators."""
+        return self.head.weight, self.head.bias
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph between chunks (truncated backpropagation through time)."""
+    return None if state is None else (state[0].detach(), state[1].detach())
