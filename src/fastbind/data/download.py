@@ -1,0 +1,310 @@
+"""Downloading the public language-modelling benchmarks from their official sources.
+
+:func:`download` streams one URL into a temp file beside the destination (with a tqdm
+bar), checks its SHA-256 when one is given, and renames it into place, so an interrupted
+download never leaves a half-written file under the final name.
+
+:func:`fetch_dataset` knows where WikiText-2/103 and Penn Treebank live, downloads the
+archive, extracts only the split files it needs (by exact member name, regular files only,
+each written under a fixed file name in the target folder, so a hostile archive cannot
+write elsewhere), checks the extracted files against known digests where one is known, and
+deletes the archive. Any failure is a :class:`DownloadError` (a ``UserError``) whose one
+line names the folder and the files a user can put there by hand instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fastbind.errors import UserError
+
+_CHUNK = 1 << 20
+
+
+class DownloadError(UserError):
+    """A download or extraction failed (offline, HTTP error, bad checksum, bad archive)."""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a data set comes from and what to keep from its archive.
+
+    Attributes:
+        urls: archive URLs, tried in order (the official one first).
+        archive: file name to download the archive as.
+        members: archive member path (without a leading ``./``) -> file name in the folder.
+        digests: file name -> ``"sha256:<hex>"`` or ``"sha1:<hex>"`` for extracted files
+            whose content is known; files without an entry are not checked.
+    """
+
+    urls: tuple[str, ...]
+    archive: str
+    members: Mapping[str, str]
+    digests: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The file names this source puts in the folder."""
+        return tuple(self.members.values())
+
+
+def _wikitext(name: str, digests: Mapping[str, str]) -> DatasetSource:
+    return DatasetSource(
+        urls=(
+            f"https://s3.amazonaws.com/research.metamind.io/wikitext/{name}-v1.zip",
+            # The S3 bucket has been retired at times; the dataset author's mirror has the same zip.
+            f"https://wikitext.smerity.com/{name}-v1.zip",
+        ),
+        archive=f"{name}-v1.zip",
+        members={f"{name}/wiki.{s}.tokens": f"wiki.{s}.tokens" for s in ("train", "valid", "test")},
+        digests=digests,
+    )
+
+
+#: Official sources of the named data sets. Tests (and users behind a mirror) may replace
+#: entries; the digests pin the extracted files, so any mirror serving the same data works.
+SOURCES: dict[str, DatasetSource] = {
+    "wikitext-2": _wikitext(
+        "wikitext-2",
+        {
+            "wiki.train.tokens": "sha256:9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
+            "wiki.valid.tokens": "sha256:f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+            "wiki.test.tokens": "sha256:d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+        },
+    ),
+    "wikitext-103": _wikitext(
+        "wikitext-103",
+        {
+            "wiki.train.tokens": "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
+            "wiki.valid.tokens": "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
+            "wiki.test.tokens": "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47",
+        },
+    ),
+    # Mikolov's preprocessing; no independently published digest of the tarball's members
+    # is known to us, so they are not checked (the reader still checks they are non-empty).
+    "ptb": DatasetSource(
+        urls=("http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz",),
+        archive="simple-examples.tgz",
+        members={f"simple-examples/data/ptb.{s}.txt": f"ptb.{s}.txt" for s in ("train", "valid", "test")},
+    ),
+}
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        text = f"HTTP {err.code} {err.reason}"
+    else:
+        text = str(getattr(err, "reason", None) or err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Stream ``url`` to ``dest`` atomically.
+
+    The body goes to a temp file in ``dest``'s folder while its SHA-256 is computed on the
+    fly; only a complete body with the right checksum is renamed to ``dest``.
+
+    Args:
+        url: any URL ``urllib`` opens (``https://``, ``http://``, ``file://``).
+        dest: the final file path; its folder is created.
+        sha256: expected hex digest, or ``None`` to skip the check.
+        progress: show a tqdm progress bar (on stderr).
+        timeout: socket timeout in seconds.
+
+    Returns:
+        ``dest`` as a ``Path``.
+
+    Raises:
+        DownloadError: network/HTTP failure, truncated body or checksum mismatch.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    received = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            req = urllib.request.Request(url, headers={"User-Agent": "fastbind"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    length = resp.headers.get("Content-Length")
+                    total = int(length) if length and length.isdigit() else None
+                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                              disable=not progress, leave=False) as bar:
+                        while chunk := resp.read(_CHUNK):
+                            out.write(chunk)
+                            h.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # ValueError: bad URL
+                raise DownloadError(f"could not download {url}: {_one_line(e)}") from None
+        if total is not None and received != total:
+            raise DownloadError(f"download of {url} was cut short ({received} of {total} bytes)")
+        if sha256 is not None and h.hexdigest() != sha256.lower():
+            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {h.hexdigest()}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _member_key(name: str) -> str:
+    """Normalise an archive member name for exact matching (``./a/b`` -> ``a/b``)."""
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _safe_target(folder: Path, file_name: str) -> Path:
+    # Targets come from a fixed mapping, but check anyway: a bare file name, no traversal.
+    if not file_name or Path(file_name).name != file_name or file_name in (".", ".."):
+        raise DownloadError(f"refusing to extract to {file_name!r}: not a plain file name")
+    return folder / file_name
+
+
+def _copy_atomic(src, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def extract_members(archive: str | os.PathLike, members: Mapping[str, str], folder: str | os.PathLike) -> list[Path]:
+    """Extract selected members of a zip or tar archive into ``folder``.
+
+    Only members whose normalised name is a key of ``members`` are read; each is written
+    to ``folder / members[name]``. Links, devices and directories are refused, so neither
+    ``..`` names nor symlinks can reach outside ``folder``.
+
+    Args:
+        archive: path of a ``.zip`` or a (compressed) tar file.
+        members: member name (``a/b.txt``; a leading ``./`` is ignored) -> target file name.
+        folder: destination folder (created).
+
+    Returns:
+        The written paths, in the order of ``members``.
+
+    Raises:
+        DownloadError: unreadable archive, a wanted member missing or not a regular file.
+    """
+    archive, folder = Path(archive), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {_member_key(k): _safe_target(folder, v) for k, v in members.items()}
+    done: set[str] = set()
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    key = _member_key(info.filename)
+                    if key in wanted and key not in done:
+                        if info.is_dir():
+                            raise DownloadError(f"archive member {info.filename} is a folder, expected a file")
+                        with zf.open(info) as src:
+                            _copy_atomic(src, wanted[key])
+                        done.add(key)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive, "r:*") as tf:
+                for m in tf:
+                    key = _member_key(m.name)
+                    if key in wanted and key not in done:
+                        if not m.isfile():
+                            raise DownloadError(f"archive member {m.name} is not a regular file")
+                        src = tf.extractfile(m)
+                        assert src is not None  # regular files always have a stream
+                        with src:
+                            _copy_atomic(src, wanted[key])
+                        done.add(key)
+        else:
+            raise DownloadError(f"{archive} is neither a zip nor a tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise DownloadError(f"could not extract {archive}: {_one_line(e)}") from None
+    missing = [k for k in wanted if k not in done]
+    if missing:
+        raise DownloadError(f"{archive} lacks {', '.join(missing)}")
+    return [wanted[k] for k in wanted]
+
+
+def _check_digest(path: Path, expected: str) -> None:
+    algo, _, hexdigest = expected.partition(":")
+    got = file_digest(path, algo)
+    if got != hexdigest.lower():
+        raise DownloadError(f"{path.name} has {algo} {got}, expected {hexdigest}")
+
+
+def fetch_dataset(name: str, folder: str | os.PathLike, *, progress: bool = True) -> Path:
+    """Download a named data set's split files into ``folder`` (no-op if all are there).
+
+    Args:
+        name: a key of :data:`SOURCES` (``"wikitext-2"``, ``"wikitext-103"``, ``"ptb"``).
+        folder: where the split files go (created).
+        progress: show a download progress bar.
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        UserError: unknown name.
+        DownloadError: every URL failed; the message names the folder and the files to put
+            there by hand.
+    """
+    if name not in SOURCES:
+        raise UserError(f"no download source for {name!r} (known: {', '.join(sorted(SOURCES))})")
+    src = SOURCES[name]
+    folder = Path(folder)
+    if all((folder / f).is_file() for f in src.files):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    reasons: list[str] = []
+    for url in src.urls:
+        archive = folder / src.archive
+        try:
+            download(url, archive, progress=progress)
+            written = extract_members(archive, src.members, folder)
+            for path in written:
+                if path.name in src.digests:
+                    _check_digest(path, src.digests[path.name])
+            return folder
+        except DownloadError as e:
+            reasons.append(str(e))
+            for f in src.files:  # never leave a mix of files from different attempts
+                (folder / f).unlink(missing_ok=True)
+        finally:
+            archive.unlink(missing_ok=True)
+    raise DownloadError(
+        f"could not download {name} into {folder} ({'; '.join(reasons)}); "
+        f"put {', '.join(src.files)} there by hand (see {src.urls[0]})"
+    )

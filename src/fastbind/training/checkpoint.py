@@ -1,0 +1,270 @@
+"""Checkpoints as plain state: atomic, primary-rank-only writes and code-free loading.
+
+A checkpoint is a dict of state_dicts plus context, in the nanoGPT style::
+
+    save_checkpoint(run_dir / "ckpt.pt", {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "config": to_dict(cfg),
+        "step": step,
+        "rng": rng_state(),
+    })
+    state = load_checkpoint(run_dir / "ckpt.pt")
+    model.load_state_dict(state["model"]); set_rng_state(state["rng"])
+
+Only tensors, Python scalars, strings, ``None``, lists/tuples and dicts (plus
+``torch.Size``/``dtype``/``device``) may appear, because :func:`load_checkpoint` reads
+with ``torch.load(weights_only=True)``: opening a checkpoint never runs code, and a file
+holding pickled objects is refused. Saving checks this up front, so a module or a numpy
+array fails at save time with the offending key, not when resuming.
+
+Writes go to a temp file in the destination folder, are flushed and fsynced, then
+renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so a crash
+mid-save leaves the previous checkpoint intact.
+
+RNG states are captured per process; the checkpoint holds the primary rank's. Resuming a
+multi-rank run therefore restores rank 0's streams exactly and the others approximately.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import random
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from fastbind.errors import UserError
+from fastbind.training import distributed
+
+__all__ = [
+    "FORMAT",
+    "atomic_write",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+FORMAT = "fastbind-checkpoint-v1"
+"""Marker stored under the ``"format"`` key of every checkpoint."""
+
+_SCALARS = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> pathlib.Path:
+    """Write a file atomically: ``write(fh)`` into a temp file, fsync, rename over ``path``.
+
+    The temp file lives in the destination folder (a rename is only atomic within one
+    file system) and is removed if ``write`` raises.
+
+    Args:
+        path: Destination; parent folders are created.
+        write: Called with a binary file handle open for writing.
+
+    Returns:
+        The destination path.
+    """
+    dest = pathlib.Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    # Makes the rename itself durable across a power cut; not possible on every OS.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_state(value: Any, key: str) -> None:
+    """Reject anything ``torch.load(weights_only=True)`` would refuse, naming its key."""
+    if isinstance(value, torch.Tensor):
+        if type(value) is not torch.Tensor and not isinstance(value, torch.nn.Parameter):
+            kind = type(value).__name__
+            raise TypeError(f"checkpoint entry {key!r} is a tensor subclass {kind}; save a plain tensor")
+        return
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, (dict, OrderedDict)):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint entry {key!r} has a non str/int key {k!r}")
+            _check_state(v, f"{key}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        if type(value) not in (list, tuple):  # namedtuples etc. need their class to unpickle
+            raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}; convert it to a list or tuple")
+        for i, v in enumerate(value):
+            _check_state(v, f"{key}[{i}]")
+        return
+    hint = ""
+    if isinstance(value, torch.nn.Module):
+        hint = "; save module.state_dict() instead"
+    elif isinstance(value, torch.optim.Optimizer):
+        hint = "; save optimizer.state_dict() instead"
+    elif isinstance(value, np.ndarray):
+        hint = "; convert it with torch.from_numpy()"
+    elif isinstance(value, np.generic):
+        hint = "; convert it with .item()"
+    elif hasattr(value, "__dataclass_fields__"):
+        hint = "; convert configs with fastbind.training.config.to_dict()"
+    raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}, which is not plain state{hint}")
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> pathlib.Path | None:
+    """Atomically write ``state`` (plus the format marker) with ``torch.save``, on rank 0 only.
+
+    Args:
+        path: Destination file; parent folders are created.
+        state: Plain state: tensors, state_dicts, Python scalars, strings, lists, dicts.
+
+    Returns:
+        The path written, or None on non-primary ranks (which write nothing).
+
+    Raises:
+        TypeError: ``state`` contains a module, optimizer, numpy array or other object that
+            a weights-only load would refuse.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    if state.get("format", FORMAT) != FORMAT:
+        raise ValueError(f"the 'format' key is reserved for the checkpoint marker, got {state['format']!r}")
+    payload = dict(state)
+    payload["format"] = FORMAT
+    for k, v in payload.items():
+        if not isinstance(k, str):
+            raise TypeError(f"checkpoint top-level keys must be strings, got {k!r}")
+        _check_state(v, k)
+    if not distributed.is_primary():
+        return None
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` without running any code.
+
+    Args:
+        path: The checkpoint file.
+        map_location: Passed to ``torch.load`` (default ``"cpu"``).
+
+    Returns:
+        The saved dict, including its ``"format"`` marker.
+
+    Raises:
+        UserError: The file is missing, truncated or corrupt, holds pickled Python objects,
+            or is not a fastbind checkpoint.
+    """
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint not found: {str(p)!r}")
+    if not p.is_file():
+        raise UserError(f"checkpoint {str(p)!r} is not a file")
+    if p.stat().st_size == 0:
+        raise UserError(f"checkpoint {str(p)!r} is empty (truncated or corrupt)")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc).lower()
+        if "weights only" in text or "weights_only" in text:
+            raise UserError(
+                f"checkpoint {str(p)!r} contains pickled Python objects, refused for safety (weights-only load)"
+            ) from None
+        raise UserError(f"checkpoint {str(p)!r} is corrupt: {_first_sentence(exc)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        # torch reports truncation as RuntimeError ("failed finding central directory"),
+        # EOFError or zip errors depending on where the file was cut.
+        raise UserError(f"checkpoint {str(p)!r} is truncated or corrupt: {_first_sentence(exc)}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{str(p)!r} is not a fastbind checkpoint (no {FORMAT!r} marker)")
+    return state
+
+
+def _first_sentence(exc: BaseException) -> str:
+    # torch's loader errors run to several sentences of advice; the first says what broke.
+    text = " ".join(str(exc).split())
+    return text.split(". ")[0].rstrip(".") or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """Capture the Python, numpy (global), torch CPU and CUDA random states.
+
+    Returns:
+        A dict of tensors, ints, floats and lists that ``torch.load(weights_only=True)``
+        accepts: ``{"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [...]}``
+        (``"cuda"`` only when CUDA is initialized-able).
+    """
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    out: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "name": str(name),
+            # uint32 keys fit losslessly in int64; numpy arrays themselves are not weights-only safe.
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore states captured by :func:`rng_state` (entries that are absent are skipped).
+
+    CUDA states are restored for as many devices as both the saved state and this machine
+    have, so a checkpoint from a GPU run can be resumed on CPU.
+
+    Args:
+        state: The dict returned by :func:`rng_state` (possibly after a save/load).
+    """
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        keys = s["keys"]
+        keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        np.random.set_state(
+            (s["name"], keys.astype(np.uint32), int(s["pos"]), int(s["has_gauss"]), float(s["cached_gaussian"]))
+        )
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), device=i)

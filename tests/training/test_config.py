@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Literal, Optional
+
+import pytest
+
+from fastbind.errors import UserError
+from fastbind.training.config import (
+    apply_overrides,
+    format_help,
+    from_dict,
+    load_config_file,
+    parse_cli,
+    save_config,
+    to_dict,
+)
+
+
+@dataclasses.dataclass
+class ModelCfg:
+    hidden: int = 256
+    dropout: float = 0.3
+    tied: bool = True
+
+
+@dataclasses.dataclass
+class OptCfg:
+    lr: float = 2e-3
+    name: Literal["adam", "rmsprop"] = "adam"
+
+
+@dataclasses.dataclass
+class Extra:
+    size: int = 10
+
+
+@dataclasses.dataclass
+class RunCfg:
+    model: ModelCfg = dataclasses.field(default_factory=ModelCfg)
+    optim: OptCfg = dataclasses.field(default_factory=OptCfg)
+    head: Literal["softmax", "hebbian"] = "softmax"
+    tied: bool = False
+    seed: int = 0
+    buckets: tuple[int, ...] = (100, 1000)
+    names: list[str] = dataclasses.field(default_factory=lambda: ["a"])
+    pair: tuple[float, float] = (0.9, 0.999)
+    ckpt: Optional[str] = None  # noqa: UP045 - the typing spelling must work too
+    limit: int | None = 5
+    data_dir: pathlib.Path = pathlib.Path("data")
+    extra: Optional[Extra] = None  # noqa: UP045
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Validated:
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+
+
+@dataclasses.dataclass
+class Required:
+    path: str
+    n: int = 1
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def test_override_each_type() -> None:
+    base = RunCfg()
+    cfg = apply_overrides(
+        base,
+        [
+            "model.hidden=512",
+            "optim.lr=1e-3",
+            "head=hebbian",
+            "tied=false",
+            "model.tied=no",
+            "buckets=[100,1000,10000]",
+            "seed=3",
+            "names=x, y",
+            "pair=[0.5, 1]",
+            "ckpt=runs/a.pt",
+            "limit=none",
+            "data_dir=data/alt",
+            "model.dropout=0",
+            'weights={"a": 1}',
+        ],
+    )
+    assert cfg.model.hidden == 512 and isinstance(cfg.model.hidden, int)
+    assert cfg.optim.lr == 1e-3
+    assert cfg.head == "hebbian"
+    assert cfg.tied is False and cfg.model.tied is False
+    assert cfg.buckets == (100, 1000, 10000)
+    assert cfg.seed == 3
+    assert cfg.names == ["x", "y"]
+    assert cfg.pair == (0.5, 1.0) and isinstance(cfg.pair[1], float)
+    assert cfg.ckpt == "runs/a.pt"
+    assert cfg.limit is None
+    assert cfg.data_dir == pathlib.Path("data/alt")
+    assert cfg.model.dropout == 0.0 and isinstance(cfg.model.dropout, float)
+    assert cfg.weights == {"a": 1.0}
+    # the input is left untouched
+    assert base == RunCfg()
+
+
+@pytest.mark.parametrize(
+    "text,expected", [("true", True), ("1", True), ("YES", True), ("on", True), ("0", False), ("No", False)]
+)
+def test_override_bool_spellings(text: str, expected: bool) -> None:
+    assert apply_overrides(RunCfg(), [f"tied={text}"]).tied is expected
+
+
+def test_override_optional_and_lists() -> None:
+    cfg = apply_overrides(RunCfg(), ["ckpt=null", "limit=7", "buckets=[]", 'names=["p","q"]', "buckets=5"])
+    assert cfg.ckpt is None and cfg.limit == 7
+    assert cfg.buckets == (5,)  # later override wins
+    assert cfg.names == ["p", "q"]
+    assert apply_overrides(RunCfg(), ["buckets=[]"]).buckets == ()
+    assert apply_overrides(RunCfg(), ["seed=1e3"]).seed == 1000
+
+
+def test_override_optional_section_turns_on() -> None:
+    cfg = apply_overrides(RunCfg(), ["extra.size=3"])
+    assert cfg.extra == Extra(size=3)
+
+
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ("model.hiden=512", "unknown key 'model.hiden' (did you mean 'model.hidden'?)"),
+        ("sed=1", "did you mean 'seed'?"),
+        ("zzzzzz=1", "unknown key 'zzzzzz' (valid keys:"),
+        ("tied=maybe", "expected a boolean"),
+        ("head=attention", "not one of softmax, hebbian"),
+        ("optim.name=adamw", "not one of adam, rmsprop"),
+        ("seed=1.5", "expected an integer"),
+        ("seed=abc", "expected an integer"),
+        ("optim.lr=fast", "expected a number"),
+        ("buckets=[1,x]", "expected an integer"),
+        ("buckets=[1,2", "malformed list"),
+        ("buckets=1,,2", "empty item"),
+        ("pair=[1,2,3]", "expected 2 items"),
+        ("limit=lots", "expected an integer"),
+        ("model=5", "'model' is a section"),
+        ("seed", "malformed override 'seed' (expected key=value)"),
+        ("=3", "malformed override"),
+        ("a..b=3", "not a dotted field name"),
+        ("seed.x=3", "unknown key 'seed.x'"),
+        ("weights=[1]", "a table/object"),
+    ],
+)
+def test_override_errors(item: str, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        apply_overrides(RunCfg(), [item])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_post_init_validation_becomes_user_error() -> None:
+    with pytest.raises(UserError, match="n must be >= 1"):
+        apply_overrides(Validated(), ["n=0"])
+
+
+def test_overrides_must_be_a_list() -> None:
+    with pytest.raises(TypeError):
+        apply_overrides(RunCfg(), "seed=1")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- dicts
+
+
+def test_round_trip_to_dict_from_dict() -> None:
+    cfg = apply_overrides(RunCfg(), ["model.hidden=64", "buckets=[1,2]", "extra.size=4", 'weights={"w": 0.5}'])
+    d = to_dict(cfg)
+    json.dumps(d)  # JSON-able
+    assert d["model"] == {"hidden": 64, "dropout": 0.3, "tied": True}
+    assert d["buckets"] == [1, 2] and d["data_dir"] == "data"
+    back = from_dict(RunCfg, json.loads(json.dumps(d)))
+    assert back == cfg
+    assert isinstance(back.buckets, tuple) and isinstance(back.data_dir, pathlib.Path)
+
+
+def test_from_dict_partial_uses_defaults() -> None:
+    cfg = from_dict(RunCfg, {"model": {"hidden": 32}, "optim": {"lr": 1}})
+    assert cfg.model == ModelCfg(hidden=32) and cfg.optim.lr == 1.0 and cfg.seed == 0
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"model": {"hiden": 1}}, "unknown key 'model.hiden' (did you mean 'model.hidden'?)"),
+        ({"seed": "3"}, "expected an integer"),
+        ({"seed": True}, "expected an integer"),
+        ({"tied": 1}, "expected a boolean"),
+        ({"head": "x"}, "not one of softmax, hebbian"),
+        ({"model": 3}, "section 'model' must be a table"),
+        ({"buckets": [1, "a"]}, "buckets[1]"),
+        ({"limit": "x"}, "expected an integer"),
+    ],
+)
+def test_from_dict_errors(data: dict, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        from_dict(RunCfg, data)
+    assert message in str(info.value)
+
+
+def test_from_dict_missing_required() -> None:
+    with pytest.raises(UserError, match="missing required key 'path'"):
+        from_dict(Required, {"n": 2})
+    assert from_dict(Required, {"path": "p"}) == Required("p")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_load_json_and_toml(tmp_path: pathlib.Path) -> None:
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"seed": 4, "model": {"hidden": 8}, "buckets": [7]}))
+    cfg = load_config_file(j, RunCfg)
+    assert cfg.seed == 4 and cfg.model.hidden == 8 and cfg.buckets == (7,)
+
+    t = tmp_path / "c.toml"
+    t.write_text('seed = 5\nhead = "hebbian"\n[model]\nhidden = 16\ntied = false\n[optim]\nlr = 1e-4\n')
+    if sys.version_info >= (3, 11):
+        cfg = load_config_file(t, RunCfg)
+        assert cfg.seed == 5 and cfg.head == "hebbian" and cfg.model.hidden == 16 and cfg.model.tied is False
+        assert cfg.optim.lr == 1e-4
+    else:  # pragma: no cover - depends on the interpreter
+        try:
+            import tomli  # noqa: F401
+        except ImportError:
+            with pytest.raises(UserError, match="toml"):
+                load_config_file(t, RunCfg)
+
+
+def test_load_file_errors(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_config_file(tmp_path / "missing.json", RunCfg)
+    with pytest.raises(UserError, match=r"\.json or \.toml"):
+        load_config_file(tmp_path / "c.yaml", RunCfg)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{seed: 1")
+    with pytest.raises(UserError, match="cannot parse"):
+        load_config_file(bad, RunCfg)
+    arr = tmp_path / "arr.json"
+    arr.write_text("[1, 2]")
+    with pytest.raises(UserError, match="object at top level"):
+        load_config_file(arr, RunCfg)
+    unknown = tmp_path / "u.json"
+    unknown.write_text('{"optim": {"lrr": 1}}')
+    with pytest.raises(UserError, match="did you mean 'optim.lr'"):
+        load_config_file(unknown, RunCfg)
+
+
+def test_save_config_atomic_round_trip(tmp_path: pathlib.Path) -> None:
+    cfg = apply_overrides(RunCfg(), ["seed=9", "names=[u,v]"])
+    path = save_config(cfg, tmp_path / "run" / "config.json")
+    assert path.is_file()
+    assert load_config_file(path, RunCfg) == cfg
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]  # no temp files
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_parse_cli_layers(tmp_path: pathlib.Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"seed": 4, "model": {"hidden": 8}}))
+    cfg, rest = parse_cli(["runs/x", "--config", str(f), "seed=5", "--", "k=v"], RunCfg)
+    assert cfg.seed == 5  # override beats file
+    assert cfg.model.hidden == 8  # file beats default
+    assert cfg.model.dropout == 0.3  # default kept
+    assert rest == ["runs/x", "k=v"]
+    cfg2, rest2 = parse_cli([f"--config={f}"], RunCfg)
+    assert cfg2.seed == 4 and rest2 == []
+
+
+def test_parse_cli_base() -> None:
+    base = RunCfg(seed=7, head="hebbian")
+    cfg, rest = parse_cli(["RUN", "model.hidden=3"], RunCfg, base=base)
+    assert cfg.seed == 7 and cfg.head == "hebbian" and cfg.model.hidden == 3 and rest == ["RUN"]
+
+
+def test_parse_cli_base_with_file(tmp_path: pathlib.Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"model": {"hidden": 8}}))
+    cfg, _ = parse_cli(["--config", str(f)], RunCfg, base=RunCfg(seed=7, model=ModelCfg(dropout=0.1)))
+    assert cfg.seed == 7 and cfg.model.hidden == 8 and cfg.model.dropout == 0.1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--lr=3"], "unknown option '--lr=3'"),
+        (["--config"], "--config needs a file path"),
+        (["--config", "a.json", "--config", "b.json"], "more than once"),
+        (["model.hiden=1"], "did you mean 'model.hidden'"),
+    ],
+)
+def test_parse_cli_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UserError) as info:
+        parse_cli(argv, RunCfg)
+    assert message in str(info.value)
+
+
+def test_format_help_lists_keys() -> None:
+    text = format_help(RunCfg)
+    assert "model.hidden: int = 256" in text
+    assert "head: Literal['softmax', 'hebbian'] = \"softmax\"" in text
