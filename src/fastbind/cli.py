@@ -16,7 +16,12 @@ from fastbind import __version__
 from fastbind.errors import UserError
 
 # command -> (module, one-line help). Recipes are listed here as they land.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("fastbind.recipes.demo", "the main job: softmax vs Hebbian LM on the synthetic corpus"),
+    "lm-train": ("fastbind.recipes.lm_train", "train an LSTM language model (softmax or Hebbian head)"),
+    "lm-eval": ("fastbind.recipes.lm_eval", "perplexity of a run, overall and by frequency bucket"),
+    "report": ("fastbind.recipes.report", "plots and a markdown table comparing runs"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:

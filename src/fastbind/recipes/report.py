@@ -1,0 +1,475 @@
+"""``fastbind report``: compare run folders in a markdown table and two PNG figures.
+
+Usage::
+
+    fastbind report runs/ptb-softmax runs/ptb-hebbian
+    fastbind report runs/* out=docs/figures split=valid title="PTB, 20 CPU-min"
+
+Reads what ``lm-train`` and ``lm-eval`` leave in each run folder (``config.json``,
+``metrics.jsonl``, ``summary.json``, ``eval-<split>.json``) and writes into ``out``
+(default ``<parent of the first run>/report``):
+
+* ``validation.png``: validation perplexity against training tokens, one line per run;
+* ``buckets.png``: perplexity per frequency bucket on ``split`` (plus the overall one),
+  one bar per run and per dynamic-evaluation variant (``+cache``, ``+mbpa``, ...);
+* ``report.md``: the same numbers as a table in the style of Table 2 of Rae et al. (2018).
+
+Other recipes call :func:`build_report` directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastbind.errors import UserError
+from fastbind.training.checkpoint import atomic_write
+from fastbind.training.config import format_help, parse_cli
+from fastbind.training.metrics import METRICS_FILE, read_metrics
+
+__all__ = ["ReportConfig", "build_report", "format_ppl", "main", "markdown_table", "read_run"]
+
+MISSING = "–"
+BASE_VARIANT = "model"  # the variant that is the plain model (no cache, no MbPA)
+USAGE = "fastbind report RUN_DIR [RUN_DIR ...] [out=DIR] [split=test] [title=...]"
+
+
+@dataclass
+class ReportConfig:
+    """Settings of ``fastbind report`` (every field is a ``key=value`` override)."""
+
+    out: str | None = None  # output folder; None: <parent of the first run>/report
+    split: str = "test"  # which eval-<split>.json to tabulate and plot
+    title: str = "fastbind runs"  # heading of report.md and figure titles
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"cannot parse {str(path)!r}: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file does not exist."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{str(path)!r} must contain a JSON object")
+    return data
+
+
+def _number(value: Any) -> float | None:
+    """A finite-or-infinite float, or None for anything that is not a number (or is NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Merge metric lines into one dict per step; later lines win.
+
+    A resumed run appends to the same file and repeats the steps after its last
+    checkpoint. When the step goes backwards, entries from the step it restarts at
+    onwards are dropped, so lines of the interrupted attempt that the resumed one has
+    not reached yet do not linger.
+    """
+    merged: dict[int, dict[str, Any]] = {}
+    last = -math.inf
+    for row in rows:
+        step = row.get("step")
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            continue
+        step = int(step)
+        if step < last:
+            for s in [s for s in merged if s >= step]:
+                del merged[s]
+        last = step
+        merged.setdefault(step, {}).update(row)
+    return dict(sorted(merged.items()))
+
+
+def _display_name(run_dir: Path, head: str | None) -> str:
+    name = run_dir.name
+    if name in ("", ".", ".."):  # "." or "runs/.." has no name of its own
+        name = run_dir.resolve().name or str(run_dir)
+    if head and head.lower() not in name.lower():
+        name = f"{name} ({head})"
+    return name
+
+
+def _eval_entries(ev: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """(variant, result) pairs of one eval file: the plain model first, then the others."""
+    if ev is None:
+        return [(BASE_VARIANT, {})]
+    variants = ev.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        return [(BASE_VARIANT, ev)]
+    base = variants.get(BASE_VARIANT)
+    entries = [(BASE_VARIANT, base if isinstance(base, dict) else ev)]
+    entries += [(str(k), v) for k, v in variants.items() if k != BASE_VARIANT and isinstance(v, dict)]
+    return entries
+
+
+def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """Collect what a run folder says about itself.
+
+    Args:
+        run_dir: A folder written by ``lm-train`` and/or ``lm-eval``.
+        split: Which ``eval-<split>.json`` to read.
+
+    Returns:
+        ``{"dir", "name", "data", "head", "steps", "best_val_ppl", "validation", "eval"}``:
+        ``validation`` is a list of ``(step, tokens or None, ppl)`` in step order; ``eval``
+        is a list of ``(variant, result)`` pairs where ``result`` has the eval file's keys
+        (empty when there is no ``eval-<split>.json``).
+
+    Raises:
+        UserError: The folder does not exist, has neither ``metrics.jsonl`` nor any
+            ``eval-*.json``, or one of its files cannot be parsed.
+    """
+    run = Path(run_dir)
+    if not run.exists():
+        raise UserError(f"run folder not found: {str(run)!r}")
+    if not run.is_dir():
+        raise UserError(f"not a run folder: {str(run)!r}")
+    has_metrics = (run / METRICS_FILE).is_file()
+    eval_files = sorted(p for p in run.glob("eval-*.json") if p.is_file())
+    if not has_metrics and not eval_files:
+        raise UserError(f"{str(run)!r} has no {METRICS_FILE} and no eval-*.json; is it a run folder?")
+
+    config = _read_object(run / "config.json") or {}
+    summary = _read_object(run / "summary.json") or {}
+    ev = _read_object(run / f"eval-{split}.json")
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    head = model.get("head") or summary.get("head") or (ev or {}).get("head")
+    data = config.get("data") or summary.get("data") or (ev or {}).get("data")
+
+    steps = read_metrics(run / METRICS_FILE) if has_metrics else []
+    merged = _by_step(steps)
+    validation = []
+    for step, row in merged.items():
+        ppl = _number(row.get("val/ppl"))
+        if ppl is not None:
+            tokens = _number(row.get("tokens"))
+            validation.append((step, tokens, ppl))
+
+    finite = [p for _, _, p in validation if math.isfinite(p)]
+    best = min(finite) if finite else _number(summary.get("best_val_ppl"))
+    last_steps = [s for s in (max(merged, default=None), summary.get("step")) if isinstance(s, int)]
+    return {
+        "dir": run,
+        "name": _display_name(run, head if isinstance(head, str) else None),
+        "data": str(data) if data is not None else None,
+        "head": str(head) if head is not None else None,
+        "steps": max(last_steps) if last_steps else None,
+        "best_val_ppl": best,
+        "validation": validation,
+        "eval": _eval_entries(ev),
+        "has_eval": ev is not None,
+    }
+
+
+def _rows(runs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for variant, res in run["eval"]:
+            buckets = res.get("buckets") if isinstance(res.get("buckets"), list) else []
+            buckets = [b for b in buckets if isinstance(b, dict) and "name" in b]
+            label = run["name"] if variant == BASE_VARIANT else f"{run['name']} {variant}"
+            rows.append({
+                "run": label,
+                "name": run["name"],
+                "variant": variant,
+                "dir": str(run["dir"]),
+                "data": run["data"],
+                "head": run["head"],
+                "steps": run["steps"],
+                "best_val_ppl": run["best_val_ppl"],
+                "split": split,
+                "ppl": _number(res.get("ppl")),
+                "tokens": res.get("tokens"),
+                "buckets": {str(b["name"]): _number(b.get("ppl")) for b in buckets},
+                "bucket_tokens": {str(b["name"]): b.get("tokens") for b in buckets},
+            })
+    return rows
+
+
+def _bucket_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Bucket names in the order they first appear (eval files list most frequent first)."""
+    names: list[str] = []
+    for row in rows:
+        names += [n for n in row["buckets"] if n not in names]
+    return names
+
+
+def _unique_names(runs: list[dict[str, Any]]) -> None:
+    """Prefix clashing display names with their parent folder (runs/a vs other/a)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["name"]] = counts.get(run["name"], 0) + 1
+    for run in runs:
+        if counts[run["name"]] > 1:
+            run["name"] = f"{run['dir'].resolve().parent.name}/{run['name']}"
+
+
+# --------------------------------------------------------------------------- table
+
+
+def format_ppl(value: float | None) -> str:
+    """``124.5`` below 1000, ``6,803`` from 1000, ``–`` when missing, ``inf`` when infinite."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if round(value, 1) < 1000:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def _format_int(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return MISSING
+    return f"{int(value):,}"
+
+
+def _cell(text: Any) -> str:
+    return MISSING if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], bucket_names: Sequence[str], *, split: str | None = None) -> str:
+    """A Table-2-style markdown table, one line per row of :func:`build_report`.
+
+    Args:
+        rows: Dicts with ``run``, ``data``, ``head``, ``steps``, ``best_val_ppl``, ``ppl``
+            and ``buckets`` (bucket name to perplexity); missing keys print as ``–``.
+        bucket_names: The bucket columns, in order.
+        split: Name of the evaluated split for the header; default: the rows' ``split``
+            key, else ``test``.
+
+    Returns:
+        The table, one line per row plus two header lines, without a trailing newline.
+    """
+    if split is None:
+        split = next((r["split"] for r in rows if r.get("split")), "test")
+    header = ["run", "data", "head", "steps", "valid ppl (best)", f"{split} ppl", *bucket_names]
+    align = ["---"] * 3 + ["--:"] * (len(header) - 3)
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        buckets = row.get("buckets") or {}
+        cells = [
+            _cell(row.get("run")),
+            _cell(row.get("data")),
+            _cell(row.get("head")),
+            _format_int(row.get("steps")),
+            format_ppl(row.get("best_val_ppl")),
+            format_ppl(row.get("ppl")),
+            *(format_ppl(buckets.get(name)) for name in bucket_names),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _tokens_line(rows: list[dict[str, Any]], bucket_names: list[str], split: str) -> str | None:
+    first = next((r for r in rows if r["bucket_tokens"]), None)
+    if first is None:
+        return None
+    parts = [f"{name} {_format_int(first['bucket_tokens'].get(name))}" for name in bucket_names]
+    total = f", {_format_int(first['tokens'])} in all" if first.get("tokens") is not None else ""
+    return f"Tokens per bucket on {split} ({_cell(first['name'])}{total}): " + " · ".join(parts)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display; also safe under ssh and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _tick(value: float, _pos: Any = None) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+
+
+def _plain_log_y(ax: Any) -> None:
+    """Log y axis labelled 200 / 1,000 / 6,000 rather than 2x10^2; minor labels in short ranges."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+    if hi / lo < 30:  # under ~1.5 decades there are too few major ticks to read values off
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_tick))
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _validation_png(runs: list[dict[str, Any]], title: str) -> bytes:
+    from matplotlib.ticker import EngFormatter
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [p for run in runs for p in run["validation"]]
+    # One x axis for all runs: tokens only when every validation point has them.
+    use_tokens = bool(points) and all(t is not None for _, t, _ in points)
+    for i, run in enumerate(runs):
+        pts = [(t if use_tokens else s, p) for s, t, p in run["validation"] if math.isfinite(p)]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=f"C{i % 10}", label=run["name"])
+    if any(run["validation"] for run in runs):
+        _plain_log_y(ax)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation points in these runs", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training tokens" if use_tokens else "training step")
+    if use_tokens:
+        ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_ylabel("validation perplexity (log scale)")
+    ax.set_title(f"{title}: validation perplexity")
+    ax.grid(True, which="both", alpha=0.3)
+    return _png(fig)
+
+
+_HATCHES = ("", "//", "..", "xx", "\\\\", "oo")
+
+
+def _buckets_png(runs: list[dict[str, Any]], rows: list[dict[str, Any]], bucket_names: list[str],
+                 split: str, title: str) -> bytes:
+    plt = _pyplot()
+    groups = ["overall", *bucket_names]
+    plotted = [r for r in rows if r["ppl"] is not None or any(v is not None for v in r["buckets"].values())]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 + 0.35 * len(groups) * max(len(plotted), 1)), 4.5))
+    color = {run["name"]: f"C{i % 10}" for i, run in enumerate(runs)}
+    hatch: dict[str, str] = {}
+    width = 0.8 / max(len(plotted), 1)
+    for j, row in enumerate(plotted):
+        values = [row["ppl"], *(row["buckets"].get(n) for n in bucket_names)]
+        ys = [v if v is not None and math.isfinite(v) and v > 0 else math.nan for v in values]
+        xs = [g - 0.4 + width * (j + 0.5) for g in range(len(groups))]
+        h = hatch.setdefault(row["variant"], _HATCHES[len(hatch) % len(_HATCHES)])
+        bars = ax.bar(xs, ys, width=width, color=color[row["name"]], hatch=h, edgecolor="white",
+                      linewidth=0.5, label=row["run"])
+        if len(plotted) <= 8:
+            labels = [format_ppl(v) if not math.isnan(v) else "" for v in ys]
+            ax.bar_label(bars, labels=labels, fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlabel("word frequency in training data (bucket)")
+    ax.set_ylabel(f"{split} perplexity (log scale)")
+    ax.set_title(f"{title}: {split} perplexity by frequency bucket")
+    if plotted:
+        ax.set_yscale("log")
+        ax.margins(y=0.15)
+        _plain_log_y(ax)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no eval-{split}.json in these runs", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report(run_dirs: Sequence[str | Path], out: str | Path, split: str = "test",
+                 title: str = "fastbind runs") -> dict[str, Any]:
+    """Read run folders, write ``validation.png``, ``buckets.png`` and ``report.md`` to ``out``.
+
+    Every input is read and every figure rendered before anything is written, so a bad
+    run folder leaves ``out`` untouched; each file is written atomically.
+
+    Args:
+        run_dirs: Run folders, in the order of the table rows and legends.
+        out: Output folder (created).
+        split: Which ``eval-<split>.json`` to tabulate and plot.
+        title: Heading of the markdown and the figures.
+
+    Returns:
+        ``{"markdown", "validation", "buckets"}`` (paths written), ``"table"`` (the markdown
+        table), ``"rows"`` (one dict per run and dynamic-evaluation variant, as taken by
+        :func:`markdown_table`), ``"bucket_names"`` and ``"notes"`` (runs without
+        ``eval-<split>.json`` or without validation points).
+
+    Raises:
+        UserError: No run folders, or one that is missing, empty or unreadable.
+    """
+    if not run_dirs:
+        raise UserError(f"no run folders given (usage: {USAGE})")
+    runs = [read_run(d, split) for d in run_dirs]
+    _unique_names(runs)
+    rows = _rows(runs, split)
+    names = _bucket_names(rows)
+    table = markdown_table(rows, names, split=split)
+
+    notes = [f"{run['name']}: no eval-{split}.json" for run in runs if not run["has_eval"]]
+    notes += [f"{run['name']}: no validation points" for run in runs if not run["validation"]]
+    lines = [f"# {title}", "", table, ""]
+    tokens = _tokens_line(rows, names, split)
+    if tokens:
+        lines += [tokens, ""]
+    lines += [
+        f"Perplexity per frequency bucket of the training data (most to least frequent) on {split};",
+        "valid ppl (best) is the lowest validation perplexity seen during training.",
+        "",
+    ]
+    if notes:
+        lines += ["Notes: " + "; ".join(notes) + ".", ""]
+    lines += [
+        "![validation perplexity vs training tokens](validation.png)",
+        "",
+        f"![{split} perplexity by frequency bucket](buckets.png)",
+        "",
+    ]
+    markdown = "\n".join(lines)
+    validation = _validation_png(runs, title)
+    buckets = _buckets_png(runs, rows, names, split, title)
+
+    out = Path(out)
+    paths = {"validation": out / "validation.png", "buckets": out / "buckets.png", "markdown": out / "report.md"}
+    out.mkdir(parents=True, exist_ok=True)
+    for key, blob in (("validation", validation), ("buckets", buckets), ("markdown", markdown.encode("utf-8"))):
+        atomic_write(paths[key], lambda fh, blob=blob: fh.write(blob))
+    return {**paths, "table": table, "rows": rows, "bucket_names": names, "notes": notes}
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {USAGE}\n\nsettings:\n{format_help(ReportConfig)}")
+        return 0
+    cfg, run_dirs = parse_cli(argv, ReportConfig)
+    if not run_dirs:
+        raise UserError(f"no run folders given (usage: {USAGE})")
+    out = Path(cfg.out) if cfg.out else Path(run_dirs[0]).absolute().parent / "report"
+    result = build_report([Path(d) for d in run_dirs], out, split=cfg.split, title=cfg.title)
+    print(result["table"])
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    for key in ("markdown", "validation", "buckets"):
+        print(f"wrote {result[key]}")
+    return 0

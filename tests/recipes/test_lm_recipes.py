@@ -1,0 +1,164 @@
+"""Dry runs and equivalences of lm-train / lm-eval / demo on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastbind.cli import main as cli
+from fastbind.training.checkpoint import load_checkpoint
+
+TINY = [
+    "synthetic.train_tokens=20000", "synthetic.valid_tokens=2000", "synthetic.test_tokens=2000",
+    "synthetic.background_vocab=1000", "synthetic.entity_pool=500", "synthetic.num_topics=5",
+    "batch_size=4", "bptt=10", "hidden=16", "emb_dim=16", "progress=false", "eval_max_tokens=400",
+]
+
+
+def train(out: Path, *extra: str) -> int:
+    return cli(["lm-train", f"out={out}", *TINY, *extra])
+
+
+def test_dry_run_train_and_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run, "max_steps=20", "eval_every=10", "head=hebbian", "T=5", "gamma=0.2") == 0
+    for name in ("config.json", "vocab.txt", "metrics.jsonl", "last.pt", "best.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/ppl" in r] == [10, 20]
+    ck = load_checkpoint(run / "last.pt")
+    assert ck["step"] == 20 and ck["config"]["model"]["head"] == "hebbian"
+    assert int(ck["model"]["head.counts"].sum()) == 20 * 4 * 10  # every target counted
+    vocab = (run / "vocab.txt").read_text().splitlines()
+    assert len(vocab) == ck["vocab_size"]
+
+    assert cli(["lm-eval", str(run), "split=test", "progress=false"]) == 0
+    result = json.loads((run / "eval-test.json").read_text())
+    assert "test perplexity" in capsys.readouterr().out
+    used = [b for b in result["buckets"] if b["tokens"]]
+    assert sum(b["tokens"] for b in result["buckets"]) == result["tokens"]
+    recombined = math.exp(sum(b["tokens"] * math.log(b["ppl"]) for b in used) / result["tokens"])
+    assert math.isclose(recombined, result["ppl"], rel_tol=1e-9)
+    assert result["generator_entropy_nats"] > 0
+
+
+@pytest.mark.parametrize("extra", [("head=softmax",), ("head=hebbian", "T=5", "carry_state=true")])
+def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, extra):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("max_steps=24", "eval_every=8", *extra)
+    assert train(a, *common) == 0
+    assert train(b, *common, "stop_after=11") == 0  # interrupted between checkpoints
+    assert load_checkpoint(b / "last.pt")["step"] == 11
+    assert train(b, *common) == 0  # resumes from step 11
+    ka, kb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ka["step"] == kb["step"] == 24
+    for k, v in ka["model"].items():
+        assert torch.equal(v, kb["model"][k]), k
+    assert ka["best_val_ppl"] == kb["best_val_ppl"]
+
+
+def test_resume_refuses_different_model(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train(run, "max_steps=4", "eval_every=2") == 0
+    before = (run / "last.pt").read_bytes()
+    assert train(run, "max_steps=8", "hidden=32") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different 'model'" in err[0]
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    cases = [
+        (["lm-train", f"out={tmp_path / 'x'}", "hiden=3"], "unknown key 'hiden'"),
+        (["lm-train", f"out={tmp_path / 'x'}", f"data={tmp_path / 'nope'}"], "nope"),
+        (["lm-eval", str(tmp_path / "missing")], "does not exist"),
+        (["lm-eval"], "exactly one run folder"),
+        (["lm-train", "positional"], "unexpected argument"),
+    ]
+    for argv, needle in cases:
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (argv, err)
+    assert not (tmp_path / "x").exists()  # nothing written on a bad key or bad data
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train(run, "max_steps=4", "eval_every=2") == 0
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    (run / "best.pt").write_bytes(b"\x80\x02garbage")
+    assert train(run, "max_steps=8") == 2
+    assert cli(["lm-eval", str(run), "progress=false"]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 2 and all("last.pt" in e or "best.pt" in e for e in errs)
+    assert (run / "last.pt").read_bytes() == b"not a checkpoint"
+
+
+def _write_ptb(folder: Path, extra_word: str = "") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"the cat sat on the mat number {i % 7} {extra_word}".strip() for i in range(300)]
+    for split in ("train", "valid", "test"):
+        (folder / f"ptb.{split}.txt").write_text("\n".join(lines[: 300 if split == "train" else 40]) + "\n")
+
+
+def test_vocabulary_mismatch_is_refused(tmp_path, capsys):
+    data = tmp_path / "ptb"
+    _write_ptb(data)
+    run = tmp_path / "run"
+    assert cli(["lm-train", f"out={run}", f"data={data}", f"data_dir={tmp_path / 'cache'}", "max_steps=3",
+                "eval_every=3", "batch_size=2", "bptt=5", "hidden=8", "emb_dim=8", "progress=false"]) == 0
+    _write_ptb(data, extra_word="dog")  # the training file changes: a new word enters the vocabulary
+    assert cli(["lm-eval", str(run), "progress=false"]) == 2
+    assert "different vocabulary" in capsys.readouterr().err
+    assert cli(["lm-train", f"out={run}", f"data={data}", f"data_dir={tmp_path / 'cache'}", "max_steps=6",
+                "eval_every=3", "batch_size=2", "bptt=5", "hidden=8", "emb_dim=8", "progress=false"]) == 2
+    assert "different vocabulary" in capsys.readouterr().err
+
+
+def test_demo_dry_run(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli(["demo", f"out={out}", "max_steps=6", "eval_every=3", *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "| softmax |" in text and "| hebbian |" in text and "generator (entropy limit)" in text
+    assert "nats/token above the generator's entropy" in text
+    for name in ("validation.png", "buckets.png", "report.md"):
+        assert (out / "report" / name).stat().st_size > 100
+    assert (out / "softmax" / "eval-test.json").is_file() and (out / "hebbian" / "eval-test.json").is_file()
+    assert cli(["demo", f"out={out}", "head=hebbian"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out: Path, nproc: int, *extra: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "fastbind", "lm-train", f"out={out}", *TINY, *extra]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_two_ddp_ranks_stay_identical_and_match_one_process(tmp_path):
+    # No dropout, so two ranks of 2 rows each compute what one process of 4 rows does.
+    common = ("max_steps=6", "eval_every=3", "head=hebbian", "T=3", "gamma=0.2", "model.dropout=0",
+              "model.input_dropout=0", "threads=1")
+    _torchrun(tmp_path / "ddp", 2, *common)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_identical"] is True
+    assert train(tmp_path / "single", *common) == 0
+    k2 = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
+    k1 = load_checkpoint(tmp_path / "single" / "last.pt")["model"]
+    assert torch.equal(k2["head.counts"], k1["head.counts"])
+    for k in k1:
+        torch.testing.assert_close(k2[k].float(), k1[k].float(), rtol=1e-4, atol=1e-5, msg=k)
