@@ -162,3 +162,22 @@ def test_two_ddp_ranks_stay_identical_and_match_one_process(tmp_path):
     assert torch.equal(k2["head.counts"], k1["head.counts"])
     for k in k1:
         torch.testing.assert_close(k2[k].float(), k1[k].float(), rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("name", ["wikitext103-paper", "gutenberg-paper", "ptb-small"])
+def test_presets_resolve_by_name(name):
+    from fastbind.recipes.lm_train import LMTrainConfig
+    from fastbind.training.config import parse_cli, presets
+
+    assert name in presets()
+    cfg, rest = parse_cli(["--config", name, "max_steps=7"], LMTrainConfig)
+    assert rest == [] and cfg.max_steps == 7
+    if name == "wikitext103-paper":
+        assert (cfg.batch_size, cfg.bptt, cfg.model.hidden, cfg.model.T, cfg.model.gamma) == (512, 100, 2048, 500, 0.25)
+        assert cfg.model.tied and cfg.optim.name == "rmsprop" and not cfg.carry_state
+
+
+def test_unknown_preset_is_a_one_line_error(capsys):
+    assert cli(["lm-train", "--config", "no-such-preset"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-preset" in err[0] and "wikitext103-paper" in err[0]

@@ -533,8 +533,24 @@ def load_config_file(path: str | os.PathLike[str], cls: type[T]) -> T:
     return from_dict(cls, _read_file(path))
 
 
+PRESET_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the config presets shipped with fastbind (usable as ``--config NAME``)."""
+    return sorted(f.stem for f in PRESET_DIR.glob("*.json"))
+
+
 def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON/TOML config; a bare preset name resolves to ``fastbind/configs/NAME.json``.
+
+    Top-level keys starting with ``_`` are comments and are dropped.
+    """
     p = pathlib.Path(path)
+    if not p.exists() and p.suffix == "" and (PRESET_DIR / f"{p.name}.json").is_file():
+        p = PRESET_DIR / f"{p.name}.json"
+    elif not p.exists() and p.suffix == "" and p.parent == pathlib.Path("."):
+        raise UserError(f"no config file or preset named {str(p)!r} (presets: {', '.join(presets())})")
     suffix = p.suffix.lower()
     if suffix not in (".json", ".toml"):
         raise UserError(f"config file {str(p)!r} must end in .json or .toml")
@@ -553,7 +569,7 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise UserError(f"cannot parse {str(p)!r}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(p)!r} must contain an object at top level")
-    return data
+    return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
 
 
 def _toml_module() -> Any:
