@@ -7,5 +7,6 @@ The public API is deliberately small; everything else lives in submodules
 __version__ = "0.1.0"
 
 from fastbind.layers.hebbian_softmax import HebbianSoftmax
+from fastbind.memory import MbPA, NeuralCache, mix_log_probs
 
-__all__ = ["HebbianSoftmax", "__version__"]
+__all__ = ["HebbianSoftmax", "MbPA", "NeuralCache", "mix_log_probs", "__version__"]

@@ -278,6 +278,14 @@ def train(cfg: LMTrainConfig) -> dict:
         if step == cfg.max_steps and not cfg.eval_every:
             checkpoint(last_path)
         if step < cfg.max_steps and ((cfg.stop_after and step - start_step >= cfg.stop_after) or out_of_time):
+            if out_of_time and cfg.eval_every and step % cfg.eval_every:
+                # A time-budgeted run ends with a validation, so best.pt reflects its last step.
+                val = validate()
+                if writer:
+                    writer.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step})
+                if val["ppl"] < best:
+                    best = val["ppl"]
+                    checkpoint(best_path)
             checkpoint(last_path)
             stopped_early = True
             break

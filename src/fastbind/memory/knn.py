@@ -1,0 +1,243 @@
+"""Storage and nearest-neighbour search shared by the evaluation-time memories.
+
+:class:`RingStore` keeps the last ``size`` ``(key, value)`` pairs of a stream in a ring
+buffer (no copy of the whole memory per write) together with each entry's stream position,
+so that a caller can express *which* entries a query may see as a window of positions.
+
+:func:`search` finds the ``k`` nearest keys (squared Euclidean distance) of each query among
+the keys whose position lies in that query's window ``[lo, hi)``. The torch path is exact:
+one distance matmul and one ``topk`` per block of queries. When ``faiss`` is importable and
+there are many keys (more than :data:`FAISS_MIN_KEYS`), ``backend="auto"`` uses an exact
+FAISS flat index instead, over-fetching enough candidates that the window filter applied
+afterwards still leaves the exact ``k`` nearest visible keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import operator
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "torch", "faiss"]
+
+# Below this many keys the torch matmul path is as fast as any index and needs no copies.
+FAISS_MIN_KEYS = 100_000
+
+# Default working-memory budget (bytes) of the blocked computations in this package.
+DEFAULT_BUDGET_BYTES = 256 << 20
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as an int, or ValueError unless it is an integer > 0."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {n}")
+    return n
+
+
+def _integer(y: torch.Tensor) -> bool:
+    return not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+
+
+class RingStore:
+    """The last ``size`` ``(key, value)`` pairs of a stream, on the keys' device.
+
+    Entries are numbered by their position in the stream (0 for the first entry ever
+    written). Storage grows by doubling until it holds ``size`` entries, then wraps; the
+    entry at position ``p`` lives in slot ``p % size``. The device and dtype are fixed by the
+    first write and checked on every later one; :meth:`reset` forgets them.
+
+    Shapes:
+        keys ``(M, d)`` floating, values ``(M,)`` int64, positions ``(M,)`` int64,
+        ``M = min(count, size)`` in slot order (not age order).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = positive_int(size, "size")
+        self.reset()
+
+    def reset(self) -> None:
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self.count = 0  # entries ever written
+
+    def __len__(self) -> int:
+        return min(self.count, self.size)
+
+    @property
+    def dim(self) -> int | None:
+        return None if self._keys is None else self._keys.shape[1]
+
+    def check(self, h: torch.Tensor, y: torch.Tensor | None = None, what: str = "h") -> None:
+        """Raise ValueError unless ``h (L, d)`` (and ``y (L,)``) can be compared with the store."""
+        if not isinstance(h, torch.Tensor) or h.dim() != 2:
+            shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise ValueError(f"{what} must be a 2-D tensor (L, d), got {shape}")
+        if not h.dtype.is_floating_point:
+            raise ValueError(f"{what} must be floating point, got {h.dtype}")
+        if y is not None:
+            if not isinstance(y, torch.Tensor) or y.shape != (h.shape[0],):
+                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(f"y must have shape ({h.shape[0]},) to match {what}, got {shape}")
+            if not _integer(y):
+                raise ValueError(f"y must be an integer tensor, got {y.dtype}")
+            if y.device != h.device:
+                raise ValueError(f"y is on device {y.device} but {what} is on device {h.device}")
+        if self._keys is not None:
+            if h.device != self._keys.device:
+                raise ValueError(f"{what} is on device {h.device} but the memory lives on device "
+                                 f"{self._keys.device}; reset() first")
+            if h.dtype != self._keys.dtype:
+                raise ValueError(f"{what} has dtype {h.dtype} but the memory holds {self._keys.dtype}; reset() first")
+            if h.shape[1] != self._keys.shape[1]:
+                raise ValueError(f"{what} has d={h.shape[1]} but the stored entries have d={self._keys.shape[1]}")
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(keys, values, positions)`` of the stored entries, or None when empty."""
+        m = len(self)
+        if m == 0 or self._keys is None or self._values is None:
+            return None
+        slots = torch.arange(m, device=self._keys.device)
+        # The newest entry written to slot i: the largest p < count with p ≡ i (mod size).
+        positions = (self.count - 1) - torch.remainder(self.count - 1 - slots, self.size)
+        return self._keys[:m], self._values[:m], positions
+
+    @torch.no_grad()
+    def append(self, h: torch.Tensor, y: torch.Tensor) -> None:
+        """Write the rows of ``h (L, d)`` with labels ``y (L,)``, oldest first."""
+        self.check(h, y)
+        n = h.shape[0]
+        if n == 0:
+            return
+        if n > self.size:  # only the last `size` rows can survive
+            h, y = h[n - self.size:], y[n - self.size:]
+        start, n_new = self.count + (n - h.shape[0]), h.shape[0]
+        need = min(self.size, start + n_new)
+        cap = 0 if self._keys is None else self._keys.shape[0]
+        if need > cap:
+            new_cap = min(self.size, max(need, 2 * cap, 64))
+            keys = h.new_empty((new_cap, h.shape[1]))
+            values = torch.empty(new_cap, dtype=torch.int64, device=h.device)
+            if self._keys is not None and self._values is not None:  # not yet wrapped: slot == position
+                keys[:cap] = self._keys
+                values[:cap] = self._values
+            self._keys, self._values = keys, values
+        assert self._keys is not None and self._values is not None
+        slots = torch.remainder(torch.arange(start, start + n_new, device=h.device), self.size)
+        self._keys.index_copy_(0, slots, h.detach())
+        self._values.index_copy_(0, slots, y.to(torch.int64))
+        self.count += n
+
+
+def faiss_available() -> bool:
+    """Whether ``import faiss`` works here."""
+    try:
+        importlib.import_module("faiss")
+    except ImportError:
+        return False
+    return True
+
+
+def _window_mask(positions: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(B, S)`` True where key j is *outside* query i's window ``[lo_i, hi_i)``."""
+    return (positions[None, :] < lo[:, None]) | (positions[None, :] >= hi[:, None])
+
+
+def search(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    *,
+    positions: torch.Tensor | None = None,
+    lo: torch.Tensor | None = None,
+    hi: torch.Tensor | None = None,
+    backend: Backend = "auto",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest keys of each query by squared Euclidean distance.
+
+    Args:
+        queries: ``(B, d)``.
+        keys: ``(S, d)``, same dtype and device.
+        k: neighbours wanted; ``min(k, S)`` columns are returned.
+        positions, lo, hi: optional window: key ``j`` is a candidate for query ``i`` iff
+            ``lo[i] <= positions[j] < hi[i]`` (``positions (S,)``, ``lo, hi (B,)`` integer).
+        backend: ``"torch"`` (exact matmul + topk), ``"faiss"`` (exact flat index; raises
+            ImportError when faiss is missing) or ``"auto"`` (faiss when importable and
+            ``S > FAISS_MIN_KEYS``, else torch).
+        budget_bytes: working memory per block of queries of the torch path.
+
+    Returns:
+        ``(dist (B, kk), idx (B, kk))`` with ``kk = min(k, S)``, nearest first. Where a query
+        has fewer than ``kk`` candidates the missing neighbours have ``dist = inf`` and an
+        arbitrary (valid) index. Distances come from ``‖q‖² − 2 qᵀx + ‖x‖²`` (torch) or
+        from FAISS: use them to rank; recompute them where precision matters.
+    """
+    if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1]:
+        raise ValueError(f"queries (B, d) and keys (S, d) must share d, "
+                         f"got {tuple(queries.shape)} and {tuple(keys.shape)}")
+    k = positive_int(k, "k")
+    windowed = positions is not None
+    if windowed != (lo is not None) or windowed != (hi is not None):
+        raise ValueError("positions, lo and hi must be given together")
+    if backend not in ("auto", "torch", "faiss"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    B, S = queries.shape[0], keys.shape[0]
+    kk = min(k, S)
+    if backend == "faiss" and not faiss_available():
+        raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu); "
+                          "use backend='torch' or 'auto'")
+    if B == 0 or kk == 0:
+        empty = queries.new_empty((B, kk))
+        return empty, torch.zeros((B, kk), dtype=torch.int64, device=queries.device)
+    if backend == "faiss" or (backend == "auto" and S > FAISS_MIN_KEYS and faiss_available()):
+        return _search_faiss(queries, keys, kk, positions, lo, hi)
+
+    key_sq = keys.pow(2).sum(1)  # (S,)
+    rows = max(1, budget_bytes // (S * (queries.element_size() + 1) * 2))
+    dists, idxs = [], []
+    for i0 in range(0, B, rows):
+        q = queries[i0:i0 + rows]
+        d2 = torch.addmm(key_sq[None, :], q, keys.T, alpha=-2.0)  # (b, S)
+        d2.add_(q.pow(2).sum(1, keepdim=True)).clamp_min_(0.0)
+        if windowed:
+            assert positions is not None and lo is not None and hi is not None
+            d2.masked_fill_(_window_mask(positions, lo[i0:i0 + rows], hi[i0:i0 + rows]), float("inf"))
+        dist, idx = torch.topk(d2, kk, dim=1, largest=False, sorted=True)
+        dists.append(dist)
+        idxs.append(idx)
+        del d2  # before the next block is allocated
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def _search_faiss(queries, keys, kk, positions, lo, hi):
+    import faiss  # noqa: PLC0415 — optional dependency
+
+    S = keys.shape[0]
+    fetch = kk
+    if positions is not None:
+        # Fetching k + (largest number of keys outside a window) guarantees that the k
+        # nearest *visible* keys are among the fetched ones (exact with a flat index).
+        sorted_pos = torch.sort(positions).values
+        inside = torch.searchsorted(sorted_pos, hi) - torch.searchsorted(sorted_pos, lo)
+        fetch = min(S, kk + int((S - inside).max()))
+    index = faiss.IndexFlatL2(keys.shape[1])
+    index.add(keys.detach().to("cpu", torch.float32).contiguous().numpy())
+    d_np, i_np = index.search(queries.detach().to("cpu", torch.float32).contiguous().numpy(), fetch)
+    dist = torch.from_numpy(d_np).to(queries.device, queries.dtype)
+    idx = torch.from_numpy(i_np).to(queries.device, torch.int64)
+    bad = idx < 0
+    idx = idx.clamp_min(0)
+    if positions is not None:
+        p = positions[idx]
+        bad |= (p < lo[:, None]) | (p >= hi[:, None])
+    dist = dist.masked_fill(bad, float("inf"))
+    dist, order = torch.topk(dist, kk, dim=1, largest=False, sorted=True)
+    return dist, torch.gather(idx, 1, order)

@@ -1,0 +1,296 @@
+"""Memory-based Parameter Adaptation (MbPA) of an output layer.
+
+Sprechmann, Jayakumar, Rae, Pritzel, Badia, Uria, Vinyals, Hassabis, Pascanu, Blundell.
+"Memory-based Parameter Adaptation", ICLR 2018; used at evaluation time on WikiText-103
+with a neural cache by Rae et al. (2018), appendix A.1 (K = 1024, 1 step, lr 0.3, β 0.5,
+memory 10,000, λ_mbpa 0.04).
+
+The memory stores ``(h_i, y_i)`` pairs of a stream (keys = hidden states, values = labels)
+for any classifier. For a query ``h_t`` it retrieves the ``K`` nearest visible keys
+(squared Euclidean), weights them by the kernel ``w_k ∝ 1 / (ε + ‖h_t − h_k‖²)`` (normalised
+to sum 1) and takes ``steps`` gradient steps of size ``lr`` from the given output layer
+``(W₀, b₀)`` on::
+
+    L(W, b) = Σ_k w_k · CE(W h_k + b, y_k) + l2 · (‖W − W₀‖² + ‖b − b₀‖²)
+
+then predicts with ``softmax(W′ h_t + b′)``. The base weights are never modified.
+
+Exact algebra instead of autograd: every gradient of ``L`` w.r.t. ``W`` is a sum of outer
+products ``Σ_k g_k h_kᵀ`` plus ``2·l2·(W − W₀)``, so after any number of steps
+``W′ = W₀ + Cᵀ H`` (``H (K, d)`` the neighbour keys, ``C (K, V)`` coefficients) and
+``b′ = b₀ + c``. One step updates ``C ← (1 − 2·lr·l2)·C − lr·w ⊙ (P − E)`` with ``P`` the
+neighbours' softmax under the current layer (``Z = H W₀ᵀ + b₀ + (H Hᵀ) C + c``) and ``E``
+their one-hot labels; the query's logits are ``W₀ h_t + b₀ + (H h_t)ᵀ C + c``.
+
+Costs (V classes, d features, K neighbours, S candidate entries, per chunk of L queries):
+
+* ``steps == 1`` (the paper's setting): the first step starts from ``W₀`` for every query,
+  so the neighbours' probabilities are computed once per *distinct* neighbour of the chunk
+  (``U ≤ min(S, L·K)`` of them): ``O(U·V·d + L·U·V)``, i.e. ``O(U·V·(d/L + 1))`` per query,
+  so longer chunks are cheaper per query (results do not depend on the chunking). This
+  holds per block of queries: when ``budget_bytes`` cannot hold a whole chunk (about
+  ``(2V + 2S)`` numbers per query) the distinct neighbours are recomputed for every block.
+* ``steps > 1``: the later steps are query-specific: ``O(K·V·(d + min(K, 2d)))`` per query
+  per step, with ``3·K·V`` numbers of working memory per query (at K = 1024, V = 33,278 in
+  float32 about 400 MB, whatever the budget).
+
+The memory window is the neural cache's: a query sees the last ``size`` entries written
+before it (earlier calls, then earlier positions of the same chunk).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastbind.memory import knn
+from fastbind.memory.knn import DEFAULT_BUDGET_BYTES, RingStore, positive_int
+
+
+class MbPA:
+    """Episodic memory plus local adaptation of an output layer (evaluation time).
+
+    Args:
+        size: number of most recent entries a query can see (memory size).
+        k: neighbours retrieved per query (all visible entries if fewer).
+        steps: gradient steps of the local adaptation (≥ 1).
+        lr: step size (> 0).
+        l2: weight β ≥ 0 of the pull ``‖W − W₀‖² + ‖b − b₀‖²`` back to the base layer.
+        eps: ε > 0 of the kernel ``1 / (ε + ‖h_t − h_k‖²)``.
+        knn_backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (see :func:`fastbind.memory.knn.search`).
+        budget_bytes: working memory of one block of queries (see the module docstring for
+            what cannot be split further).
+
+    The state is explicit (never in a state_dict); :meth:`reset` clears it. The memory lives
+    on the device/dtype of the first ``h`` written; later inputs and the weights must match.
+
+    Example::
+
+        mbpa = MbPA(size=10000, k=1024, steps=1, lr=0.3, l2=0.5)
+        W, b = model.output_layer()                   # (V, d), (V,) or None
+        lp_mbpa = mbpa.log_prob(h, y, W, b)           # (L,); then appends (h, y)
+    """
+
+    def __init__(
+        self,
+        size: int = 10000,
+        k: int = 1024,
+        steps: int = 1,
+        lr: float = 0.3,
+        l2: float = 0.5,
+        eps: float = 1e-3,
+        *,
+        knn_backend: knn.Backend = "auto",
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        self.size = positive_int(size, "size")
+        self.k = positive_int(k, "k")
+        self.steps = positive_int(steps, "steps")
+        if not float(lr) > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not float(l2) >= 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        if not float(eps) > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if knn_backend not in ("auto", "torch", "faiss"):
+            raise ValueError(f"knn_backend must be 'auto', 'torch' or 'faiss', got {knn_backend!r}")
+        if knn_backend == "faiss" and not knn.faiss_available():
+            raise ImportError("knn_backend='faiss' needs the faiss package (pip install faiss-cpu); "
+                              "use 'auto' or 'torch'")
+        self.lr, self.l2, self.eps = float(lr), float(l2), float(eps)
+        self.knn_backend: knn.Backend = knn_backend
+        self.budget_bytes = positive_int(budget_bytes, "budget_bytes")
+        self._store = RingStore(self.size)
+
+    def __len__(self) -> int:
+        """Number of stored entries (at most ``size``)."""
+        return len(self._store)
+
+    def __repr__(self) -> str:
+        return (f"MbPA(size={self.size}, k={self.k}, steps={self.steps}, lr={self.lr}, l2={self.l2}, "
+                f"eps={self.eps}, stored={len(self)})")
+
+    def reset(self) -> None:
+        """Forget every entry (and the device/dtype they fixed)."""
+        self._store.reset()
+
+    @torch.no_grad()
+    def write(self, h: torch.Tensor, y: torch.Tensor) -> None:
+        """Append ``h (L, d)``, ``y (L,)`` without scoring them (e.g. to preload examples)."""
+        self._store.append(h, y)
+
+    @torch.no_grad()
+    def log_prob(self, h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p_mbpa(y_t | h_t)`` for each step of a chunk, then append the chunk.
+
+        Args:
+            h: ``(L, d)`` queries (and keys written afterwards).
+            y: ``(L,)`` integer labels in ``[0, V)``.
+            weight: ``(V, d)`` output layer to adapt (``nn.Linear`` layout); not modified.
+            bias: ``(V,)`` or None (then no bias is adapted either).
+
+        Returns:
+            ``(L,)`` log-probabilities; a query with no visible entry gets the unadapted
+            model's ``log_softmax(W h_t + b)[y_t]``.
+        """
+        self._store.check(h, y)
+        V = self._check_layer(h, weight, bias)
+        y = y.to(torch.int64)
+        if h.shape[0] and (int(y.min()) < 0 or int(y.max()) >= V):
+            raise ValueError(f"y must lie in [0, {V}), got values in [{int(y.min())}, {int(y.max())}]")
+        L, N = h.shape[0], self._store.count
+        mem = self._store.view()
+        out = h.new_empty((L,))
+        n_cols = (0 if mem is None else mem[0].shape[0]) + min(L, self.size)
+        for t0, t1 in self._query_blocks(L, V, n_cols, h.element_size()):
+            t = torch.arange(t0, t1, device=h.device)
+            # Candidates: the stored entries, then the chunk positions some query of the block
+            # sees; the window [N + t - size, N + t) of stream positions picks each query's own.
+            parts = [mem] if mem is not None and t0 < self.size else []
+            c0, c1 = max(0, t0 - self.size), t1 - 1
+            if c1 > c0:
+                parts.append((h[c0:c1], y[c0:c1], N + torch.arange(c0, c1, device=h.device)))
+            keys, vals, pos = ([p[i] for p in parts] for i in range(3))
+            logits = self._adapted_logits(h[t0:t1], keys, vals, pos, N + t - self.size, N + t, weight, bias)
+            out[t0:t1] = logits.log_softmax(1).gather(1, y[t0:t1, None])[:, 0]
+        self._store.append(h, y)
+        return out
+
+    @torch.no_grad()
+    def logits(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Adapted logits ``W′ h_t + b′``, ``(L, V)``, for generation.
+
+        Reads the memory as it stands (every query sees all stored entries) and appends
+        nothing. With an empty memory these are the model's logits ``W h_t + b``.
+        """
+        self._store.check(h)
+        V = self._check_layer(h, weight, bias)
+        mem = self._store.view()
+        L = h.shape[0]
+        out = h.new_empty((L, V))
+        n_cols = 0 if mem is None else mem[0].shape[0]
+        for t0, t1 in self._query_blocks(L, V, n_cols, h.element_size()):
+            parts = ([mem[0]], [mem[1]], [mem[2]]) if mem is not None else ([], [], [])
+            out[t0:t1] = self._adapted_logits(h[t0:t1], *parts, None, None, weight, bias)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_layer(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != h.shape[1]:
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"weight must be (V, {h.shape[1]}) to match h, got {shape}")
+        V = weight.shape[0]
+        if weight.device != h.device or weight.dtype != h.dtype:
+            raise ValueError(f"weight has dtype {weight.dtype} on device {weight.device} "
+                             f"but h has dtype {h.dtype} on device {h.device}")
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or bias.shape != (V,):
+                shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+                raise ValueError(f"bias must be ({V},) or None, got {shape}")
+            if bias.device != h.device or bias.dtype != h.dtype:
+                raise ValueError(f"bias has dtype {bias.dtype} on device {bias.device} "
+                                 f"but h has dtype {h.dtype} on device {h.device}")
+        mem = self._store.view()
+        if mem is not None and int(mem[1].max()) >= V:
+            raise ValueError(f"the memory holds label {int(mem[1].max())}, outside this layer's {V} classes")
+        return V
+
+    def _query_blocks(self, L: int, V: int, n_cols: int, itemsize: int):
+        # Per query: base logits and accumulator (2V), distances and the coefficient row (2S).
+        rows = max(1, (self.budget_bytes // 2) // max(1, (2 * V + 2 * n_cols) * itemsize))
+        for t0 in range(0, L, rows):
+            yield t0, min(L, t0 + rows)
+
+    def _adapted_logits(self, q, keys, vals, pos, lo, hi, weight, bias) -> torch.Tensor:
+        """``(B, V)`` logits of queries ``q (B, d)`` after adapting on their neighbours among
+        the candidate entries (``keys``/``vals``/``pos`` lists of parts), window ``[lo, hi)``."""
+        logits = F.linear(q, weight, bias)  # (B, V) unadapted
+        if not keys:
+            return logits
+        keys_c = keys[0] if len(keys) == 1 else torch.cat(keys)  # (S, d)
+        vals_c = vals[0] if len(vals) == 1 else torch.cat(vals)  # (S,)
+        window = {}
+        if lo is not None:
+            window = dict(positions=pos[0] if len(pos) == 1 else torch.cat(pos), lo=lo, hi=hi)
+        rank_d2, idx = knn.search(q, keys_c, self.k, backend=self.knn_backend,
+                                  budget_bytes=self.budget_bytes, **window)  # (B, kk)
+        valid = torch.isfinite(rank_d2)
+        if not bool(valid.any()):
+            return logits
+        d2, dots = self._pair_stats(q, keys_c, idx)  # exact ‖h_t − h_k‖² and h_tᵀh_k
+        w = torch.where(valid, 1.0 / (self.eps + d2), torch.zeros_like(d2))
+        w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # rows with nothing visible stay 0
+        if self.steps == 1:
+            return self._one_step(logits, keys_c, vals_c, idx, valid, w, dots, weight, bias)
+        return self._several_steps(logits, keys_c, vals_c, idx, w, dots, weight, bias)
+
+    def _pair_stats(self, q, keys, idx):
+        B, kk = idx.shape
+        d2, dots = q.new_empty((B, kk)), q.new_empty((B, kk))
+        rows = max(1, (self.budget_bytes // 2) // max(1, 2 * kk * q.shape[1] * q.element_size()))
+        for i0 in range(0, B, rows):
+            nb = keys[idx[i0:i0 + rows]]  # (b, kk, d)
+            qb = q[i0:i0 + rows, None, :]
+            dots[i0:i0 + rows] = (nb @ qb.transpose(1, 2))[..., 0]
+            d2[i0:i0 + rows] = (nb - qb).pow_(2).sum(-1)
+        return d2, dots
+
+    def _one_step(self, logits, keys, vals, idx, valid, w, dots, weight, bias):
+        """One step from (W₀, b₀) for every query, sharing the neighbours' softmax:
+        ``logits − lr · Σ_k w_k (h_tᵀh_k + 1) (p_k − e_{y_k})`` (no ``+ 1`` without a bias)."""
+        B, V = logits.shape
+        a = w * (dots + 1.0) if bias is not None else w * dots  # (B, kk)
+        rows = torch.arange(B, device=idx.device)[:, None].expand_as(idx)[valid]
+        uniq, inv = torch.unique(idx[valid], return_inverse=True)  # (U,)
+        coef = logits.new_zeros((B, uniq.shape[0]))
+        coef.index_put_((rows, inv), a[valid], accumulate=True)
+        step = logits.new_zeros((B, V))
+        block = max(1, (self.budget_bytes // 2) // max(1, V * logits.element_size()))
+        for u0 in range(0, uniq.shape[0], block):
+            z = keys[uniq[u0:u0 + block]] @ weight.T  # (u, V) neighbour logits under W₀
+            if bias is not None:
+                z += bias
+            z.sub_(z.amax(1, keepdim=True)).exp_()
+            step.addmm_(coef[:, u0:u0 + block] / z.sum(1)[None, :], z)  # Σ_k a_k p_k
+            del z  # before the next block is allocated
+        step.index_put_((rows, vals[idx][valid]), -a[valid], accumulate=True)  # − Σ_k a_k e_{y_k}
+        return logits.sub_(step, alpha=self.lr)
+
+    def _several_steps(self, logits, keys, vals, idx, w, dots, weight, bias):
+        """``steps`` steps per query with the rank-K representation ``W₀ + Cᵀ H``."""
+        B, V = logits.shape
+        kk, d = idx.shape[1], keys.shape[1]
+        decay = 1.0 - 2.0 * self.lr * self.l2
+        use_gram = kk <= 2 * d  # (H Hᵀ) C costs K²V, H (Hᵀ C) costs 2KdV
+        rows = max(1, self.budget_bytes // max(1, 3 * kk * V * logits.element_size()))
+        for i0 in range(0, B, rows):
+            i1 = min(B, i0 + rows)
+            H = keys[idx[i0:i1]]  # (b, kk, d)
+            y_nb = vals[idx[i0:i1]][..., None]  # (b, kk, 1)
+            w_nb = w[i0:i1, :, None]  # (b, kk, 1)
+            z0 = F.linear(H, weight, bias)  # (b, kk, V) neighbour logits under W₀
+            C = torch.zeros_like(z0)
+            c = logits.new_zeros((i1 - i0, 1, V)) if bias is not None else None
+            G = H @ H.transpose(1, 2) if use_gram else None  # (b, kk, kk)
+            for s in range(self.steps):
+                if s == 0:
+                    z = z0.clone()
+                elif G is not None:
+                    z = torch.baddbmm(z0, G, C)
+                else:
+                    z = torch.baddbmm(z0, H, H.transpose(1, 2) @ C)
+                if c is not None and s > 0:
+                    z += c
+                z.sub_(z.amax(2, keepdim=True)).exp_()
+                z.div_(z.sum(2, keepdim=True))  # P
+                g = z.mul_(w_nb).scatter_add_(2, y_nb, -w_nb)  # w ⊙ (P − E), the loss part of the gradient
+                C.mul_(decay).sub_(g, alpha=self.lr)
+                if c is not None:
+                    c.mul_(decay).sub_(g.sum(1, keepdim=True), alpha=self.lr)
+                del z, g
+            logits[i0:i1] += (dots[i0:i1, None, :] @ C)[:, 0]
+            if c is not None:
+                logits[i0:i1] += c[:, 0]
+        return logits
