@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastbind.recipes.demo", "the main job: softmax vs Hebbian LM on the synthetic corpus"),
     "lm-train": ("fastbind.recipes.lm_train", "train an LSTM language model (softmax or Hebbian head)"),
     "lm-eval": ("fastbind.recipes.lm_eval", "perplexity of a run, overall and by frequency bucket"),
+    "lm-sweep": ("fastbind.recipes.lm_sweep", "grid-search cache/MbPA settings on validation, apply to test"),
     "report": ("fastbind.recipes.report", "plots and a markdown table comparing runs"),
 }
 

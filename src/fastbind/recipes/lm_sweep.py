@@ -1,0 +1,197 @@
+"""``fastbind lm-sweep RUN_DIR``: grid search of cache / MbPA settings on the validation split.
+
+The model runs over the split once; its output-layer inputs, targets and log-probabilities
+are kept, so each grid point costs only memory work: one cache pass per (size, θ), one MbPA
+pass per (size, K, steps), and the mixing weights λ are searched on the stored
+log-probabilities for free. Defaults are the paper's grids (Rae et al. 2018, appendix A.1):
+θ ∈ {0.1, 0.2, 0.3}, λ_cache ∈ {0.05 … 0.35}, size ∈ {1000, 5000, 8000, 9000, 10000},
+λ_mbpa ∈ {0.02 … 0.10}, K ∈ {512, 1024}, steps ∈ {1, 2}, lr 0.3, l2 0.5, the MbPA memory the
+size of the cache. Writes ``RUN_DIR/sweep-<split>.json`` and ``sweep-<split>.md`` and, with
+``apply_test=true``, evaluates the best settings on the test split (``eval-test.json``)::
+
+    fastbind lm-sweep runs/ptb-hebb
+    fastbind lm-sweep runs/ptb-hebb mbpa=false                  # cache only
+    fastbind lm-sweep runs/ptb-hebb max_tokens=20000 ks=[1024] steps=[1]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fastbind.errors import UserError
+from fastbind.memory import mix_log_probs
+from fastbind.recipes.lm_eval import (
+    CacheSettings, MbPASettings, cache_log_probs, collect_stream, format_table, load_run, mbpa_log_probs,
+)
+from fastbind.training.buckets import BucketedNLL
+from fastbind.training.checkpoint import atomic_write
+from fastbind.training.config import parse_cli
+
+
+@dataclass
+class SweepConfig:
+    """Settings of ``fastbind lm-sweep`` (the run folder is the positional argument)."""
+
+    split: str = "valid"
+    max_tokens: int = 0  # sweep on the first N tokens of the split (0 = all)
+    checkpoint: str = "best"
+    bptt: int = 100
+    device: str = "cpu"
+    thetas: tuple[float, ...] = (0.1, 0.2, 0.3)
+    cache_lambdas: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+    sizes: tuple[int, ...] = (1000, 5000, 8000, 9000, 10000)
+    mbpa: bool = True  # also sweep MbPA and the mixture (each MbPA pass is O(K·V) per token)
+    mbpa_lambdas: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.10)
+    ks: tuple[int, ...] = (512, 1024)
+    steps: tuple[int, ...] = (1, 2)
+    lr: float = 0.3
+    l2: float = 0.5
+    eps: float = 1e-3
+    memory_chunk: int = 256
+    apply_test: bool = True  # evaluate the best settings on the test split
+    test_max_tokens: int = 0
+    progress: bool = True
+
+
+def _nll(lp: torch.Tensor) -> float:
+    return float(-lp.double().mean())
+
+
+def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
+    _, model, corpus, ck = load_run(run_dir, cfg.checkpoint, cfg.device)
+    if cfg.split not in ("valid", "test", "train"):
+        raise UserError(f"split must be valid, test or train, got {cfg.split!r}")
+    if not cfg.thetas or not cfg.cache_lambdas or not cfg.sizes:
+        raise UserError("thetas, cache_lambdas and sizes must each have at least one value")
+    H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
+                              max_tokens=cfg.max_tokens, progress=cfg.progress)
+    W, b = model.output_layer()
+    n_passes = len(cfg.sizes) * len(cfg.thetas) + (len(cfg.sizes) * len(cfg.ks) * len(cfg.steps) if cfg.mbpa else 0)
+    bar = tqdm(total=n_passes, desc="sweep", disable=not cfg.progress)
+    lp_cache: dict[tuple[int, float], torch.Tensor] = {}
+    for size, theta in itertools.product(cfg.sizes, cfg.thetas):
+        lp_cache[(size, theta)] = cache_log_probs(H, Y, CacheSettings(size, theta), cfg.memory_chunk)
+        bar.update(1)
+    lp_mbpa: dict[tuple[int, int, int], torch.Tensor] = {}
+    if cfg.mbpa:
+        for size, k, steps in itertools.product(cfg.sizes, cfg.ks, cfg.steps):
+            s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps)
+            lp_mbpa[(size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk)
+            bar.update(1)
+    bar.close()
+
+    model_nll = _nll(LP)
+    cache_rows = []
+    for (size, theta), lpc in lp_cache.items():
+        for lam in cfg.cache_lambdas:
+            cache_rows.append({"size": size, "theta": theta, "lambda": lam,
+                               "ppl": math.exp(_nll(mix_log_probs(LP, (lam, lpc))))})
+    best_cache = min(cache_rows, key=lambda r: r["ppl"])
+    mbpa_rows, mix_rows = [], []
+    for (size, k, steps), lpm in lp_mbpa.items():
+        for lam_m in cfg.mbpa_lambdas:
+            mbpa_rows.append({"size": size, "k": k, "steps": steps, "lambda": lam_m,
+                              "ppl": math.exp(_nll(mix_log_probs(LP, (lam_m, lpm))))})
+            for theta, lam_c in itertools.product(cfg.thetas, cfg.cache_lambdas):
+                if lam_c + lam_m >= 1:
+                    continue
+                lp = mix_log_probs(LP, (lam_c, lp_cache[(size, theta)]), (lam_m, lpm))
+                mix_rows.append({"size": size, "theta": theta, "cache_lambda": lam_c, "k": k, "steps": steps,
+                                 "mbpa_lambda": lam_m, "ppl": math.exp(_nll(lp))})
+    result = {
+        "split": cfg.split, "tokens": int(Y.numel()), "step": int(ck["step"]), "model_ppl": math.exp(model_nll),
+        "best_cache": best_cache, "best_mbpa": min(mbpa_rows, key=lambda r: r["ppl"]) if mbpa_rows else None,
+        "best_mixture": min(mix_rows, key=lambda r: r["ppl"]) if mix_rows else None,
+        "grid": {"cache": cache_rows, "mbpa": mbpa_rows, "mixture": mix_rows},
+    }
+    out = run_dir / f"sweep-{cfg.split}.json"
+    atomic_write(out, lambda fh: fh.write(json.dumps(result, indent=2).encode()))
+    md = sweep_markdown(result)
+    atomic_write(run_dir / f"sweep-{cfg.split}.md", lambda fh: fh.write(md.encode()))
+    result["markdown"] = md
+    if cfg.apply_test:
+        result["test"] = apply_to_split(run_dir, result, cfg, "test")
+    return result
+
+
+def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
+    """Evaluate each variant with its own best validation settings on ``split``; writes eval-<split>.json."""
+    train_cfg, model, corpus, ck = load_run(run_dir, cfg.checkpoint, cfg.device)
+    H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=torch.device(cfg.device),
+                              max_tokens=cfg.test_max_tokens, progress=cfg.progress)
+    W, b = model.output_layer()
+    bc, bm, bx = result["best_cache"], result["best_mbpa"], result["best_mixture"]
+    lps = {"model": LP}
+    settings: dict = {"model": None}
+
+    done: dict[tuple, torch.Tensor] = {}  # each distinct memory pass runs once
+
+    def cache_lp(size: int, theta: float) -> torch.Tensor:
+        if ("cache", size, theta) not in done:
+            done[("cache", size, theta)] = cache_log_probs(H, Y, CacheSettings(size, theta), cfg.memory_chunk,
+                                                           cfg.progress)
+        return done[("cache", size, theta)]
+
+    def mbpa_lp(size: int, k: int, steps: int) -> torch.Tensor:
+        if ("mbpa", size, k, steps) not in done:
+            s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps)
+            done[("mbpa", size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk, cfg.progress)
+        return done[("mbpa", size, k, steps)]
+
+    lps["+cache"] = mix_log_probs(LP, (bc["lambda"], cache_lp(bc["size"], bc["theta"])))
+    settings["+cache"] = bc
+    if bm is not None:
+        lps["+mbpa"] = mix_log_probs(LP, (bm["lambda"], mbpa_lp(bm["size"], bm["k"], bm["steps"])))
+        settings["+mbpa"] = bm
+    if bx is not None:
+        lps["+cache+mbpa"] = mix_log_probs(LP, (bx["cache_lambda"], cache_lp(bx["size"], bx["theta"])),
+                                           (bx["mbpa_lambda"], mbpa_lp(bx["size"], bx["k"], bx["steps"])))
+        settings["+cache+mbpa"] = bx
+    variants = {}
+    for name, lp in lps.items():
+        acc = BucketedNLL.from_counts(corpus.train_counts, tuple(train_cfg.buckets))
+        acc.add(-lp.cpu(), Y.cpu())
+        variants[name] = {**acc.result(), "settings": settings[name]}
+    out = {**{k: v for k, v in variants["model"].items() if k != "settings"}, "variants": variants,
+           "split": split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]), "edges": list(train_cfg.buckets),
+           "head": train_cfg.model.head, "data": train_cfg.data, "tuned_on": cfg.split}
+    path = run_dir / f"eval-{split}.json"
+    atomic_write(path, lambda fh: fh.write(json.dumps(out, indent=2).encode()))
+    out["path"] = str(path)
+    return out
+
+
+def sweep_markdown(r: dict) -> str:
+    lines = [f"Sweep on {r['split']} ({r['tokens']:,} tokens, checkpoint step {r['step']})", "",
+             "| setting | ppl |", "|---|---|", f"| model | {r['model_ppl']:.2f} |"]
+    c = r["best_cache"]
+    lines.append(f"| +cache (size {c['size']}, θ {c['theta']}, λ {c['lambda']}) | {c['ppl']:.2f} |")
+    if r["best_mbpa"]:
+        m = r["best_mbpa"]
+        lines.append(f"| +MbPA (size {m['size']}, K {m['k']}, steps {m['steps']}, λ {m['lambda']}) | {m['ppl']:.2f} |")
+    if r["best_mixture"]:
+        x = r["best_mixture"]
+        lines.append(f"| +cache+MbPA (size {x['size']}, θ {x['theta']}, λc {x['cache_lambda']}, K {x['k']}, "
+                     f"steps {x['steps']}, λm {x['mbpa_lambda']}) | {x['ppl']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    cfg, rest = parse_cli(argv, SweepConfig)
+    if len(rest) != 1:
+        raise UserError("give exactly one run folder: fastbind lm-sweep RUN_DIR [key=value ...]")
+    result = sweep(Path(rest[0]), cfg)
+    print(result["markdown"])
+    if "test" in result:
+        t = result["test"]
+        for name, v in t.get("variants", {"model": t}).items():
+            print(format_table(v, f"test, {name}:"))
+        print(f"wrote {t['path']}")
+    return 0

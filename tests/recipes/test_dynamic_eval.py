@@ -1,0 +1,78 @@
+"""lm-eval with cache/MbPA variants and lm-sweep, on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fastbind.cli import main as cli
+from fastbind.memory import MbPA, NeuralCache
+from fastbind.recipes.lm_eval import collect_stream, load_run
+
+from test_lm_recipes import TINY  # noqa: E402  (tests/recipes is on sys.path under pytest's rootdir-less import)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dyn") / "run"
+    assert cli(["lm-train", f"out={out}", *TINY, "max_steps=12", "eval_every=6", "head=hebbian", "T=5"]) == 0
+    return out
+
+
+def _bucket_check(v):
+    used = [b for b in v["buckets"] if b["tokens"]]
+    return math.exp(sum(b["tokens"] * math.log(b["ppl"]) for b in used) / v["tokens"])
+
+
+def test_lm_eval_variants_match_direct_computation(run):
+    args = ["lm-eval", str(run), "split=test", "progress=false", "max_tokens=600", "bptt=50", "cache.size=200",
+            "cache.theta=0.5", "cache.lambda=0.2", "mbpa.lambda=0.1", "mbpa.k=16", "mbpa.size=300", "memory_chunk=64"]
+    assert cli(args) == 0
+    r = json.loads((run / "eval-test.json").read_text())
+    assert set(r["variants"]) == {"model", "+cache", "+mbpa", "+cache+mbpa"}
+    # Recompute by hand: model log-probs, a fresh cache and MbPA over the stream in one call each.
+    _, model, corpus, _ = load_run(run)
+    H, Y, LP = collect_stream(model, corpus.test, bptt=17, device=torch.device("cpu"), max_tokens=600)
+    lp_c = NeuralCache(size=200, theta=0.5).log_prob(H, Y)
+    W, b = model.output_layer()
+    lp_m = MbPA(size=300, k=16, steps=1, lr=0.3, l2=0.5, eps=1e-3).log_prob(H, Y, W.detach(), b.detach())
+    p = LP.double().exp()
+    direct = {
+        "model": p,
+        "+cache": 0.8 * p + 0.2 * lp_c.double().exp(),
+        "+mbpa": 0.9 * p + 0.1 * lp_m.double().exp(),
+        "+cache+mbpa": 0.7 * p + 0.2 * lp_c.double().exp() + 0.1 * lp_m.double().exp(),
+    }
+    for name, probs in direct.items():
+        v = r["variants"][name]
+        assert v["tokens"] == 600
+        assert math.isclose(v["ppl"], math.exp(-probs.log().mean().item()), rel_tol=1e-4), name
+        assert math.isclose(_bucket_check(v), v["ppl"], rel_tol=1e-9)
+    assert r["variants"]["+cache"]["ppl"] != r["variants"]["model"]["ppl"]
+    # The model variant equals the plain evaluation (batch 1, another chunk length).
+    assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=600", "bptt=31"]) == 0
+    plain = json.loads((run / "eval-test.json").read_text())
+    assert math.isclose(plain["ppl"], r["variants"]["model"]["ppl"], rel_tol=1e-5)
+
+
+def test_memories_need_one_stream(run, capsys):
+    assert cli(["lm-eval", str(run), "batch_size=4", "cache.lambda=0.1", "progress=false"]) == 2
+    assert "batch_size=1" in capsys.readouterr().err
+
+
+def test_sweep_picks_the_grid_minimum_and_applies_it_to_test(run, capsys):
+    args = ["lm-sweep", str(run), "progress=false", "max_tokens=400", "test_max_tokens=300", "thetas=[0.3,1.0]",
+            "cache_lambdas=[0.1,0.3]", "sizes=[50,200]", "mbpa_lambdas=[0.05]", "ks=[8]", "steps=[1]"]
+    assert cli(args) == 0
+    s = json.loads((run / "sweep-valid.json").read_text())
+    assert len(s["grid"]["cache"]) == 8 and len(s["grid"]["mbpa"]) == 2 and len(s["grid"]["mixture"]) == 8
+    assert s["best_cache"]["ppl"] == min(r["ppl"] for r in s["grid"]["cache"])
+    assert s["best_mixture"]["ppl"] == min(r["ppl"] for r in s["grid"]["mixture"])
+    t = json.loads((run / "eval-test.json").read_text())
+    assert t["tuned_on"] == "valid" and t["variants"]["+cache"]["settings"]["size"] == s["best_cache"]["size"]
+    assert t["variants"]["model"]["tokens"] == 300
+    assert "+cache+MbPA" in capsys.readouterr().out
+    assert (run / "sweep-valid.md").read_text().startswith("Sweep on valid")
