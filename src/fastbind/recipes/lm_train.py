@@ -269,7 +269,8 @@ def train(cfg: LMTrainConfig) -> dict:
             if writer:
                 writer.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"],
                                   "tokens": step * tokens_per_step})
-            bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}") if info.is_primary and cfg.progress else None
+            if info.is_primary and cfg.progress:
+                bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}")
             if val["ppl"] < best:
                 best = val["ppl"]
                 checkpoint(best_path)
