@@ -14,13 +14,6 @@ from fastbind.memory import knn
 from fastbind.memory.knn import RingStore, search
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def brute_force(queries, keys, k, positions=None, lo=None, hi=None):
     """Per query: sort the candidates by distance, keep k; pad with inf."""

@@ -9,14 +9,6 @@ import torch.nn.functional as F
 from fastbind import MbPA
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: extra threads only add synchronisation (and stall on a busy machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def reference_adapted_logits(h, entries, W, b, k, steps, lr, l2, eps):
     """Logits of one query h (d,) after `steps` plain gradient steps on the MbPA loss."""

@@ -12,14 +12,6 @@ from fastbind import NeuralCache
 NEG_INF = float("-inf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: extra threads only add synchronisation (and stall on a busy machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def reference_log_probs(chunks, size, theta):
     """Per token: the last `size` (h, y) written before it, then the formula, then write it."""
