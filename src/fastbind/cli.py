@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[ns.command][0])
+    config_cls = getattr(module, "CONFIG", None)
+    if config_cls is not None and any(a in ("-h", "--help") for a in ns.args):
+        from fastbind.training.config import format_help
+
+        print((module.__doc__ or "").strip())
+        print(f"\nsettings (key=value; --config FILE or a preset name):\n{format_help(config_cls)}")
+        return 0
     try:
         return int(module.main(ns.args) or 0)
     except UserError as e:

@@ -181,3 +181,10 @@ def test_unknown_preset_is_a_one_line_error(capsys):
     assert cli(["lm-train", "--config", "no-such-preset"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-preset" in err[0] and "wikitext103-paper" in err[0]
+
+
+@pytest.mark.parametrize("command", ["lm-train", "lm-eval", "lm-sweep", "demo", "report"])
+def test_command_help_lists_settings(command, capsys):
+    assert cli([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "settings" in out and ("max_steps" in out or "split" in out or "out" in out)

@@ -95,6 +95,9 @@ def run_demo(cfg: LMTrainConfig) -> dict:
     return {"results": results, "limit": limit, "table": table, "report": report}
 
 
+CONFIG = demo_defaults()  # for `fastbind demo --help`: the demo's own defaults
+
+
 def main(argv: list[str]) -> int:
     argv = expand_aliases(argv)
     if any(a.startswith("model.head=") for a in argv):

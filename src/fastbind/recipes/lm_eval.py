@@ -213,6 +213,9 @@ def run_eval(run_dir: Path, cfg: LMEvalConfig) -> dict:
     return result
 
 
+CONFIG = LMEvalConfig  # for `fastbind <command> --help`
+
+
 def main(argv: list[str]) -> int:
     cfg, rest = parse_cli(expand_lambda(argv), LMEvalConfig)
     if len(rest) != 1:

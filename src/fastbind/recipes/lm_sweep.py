@@ -183,6 +183,9 @@ def sweep_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONFIG = SweepConfig  # for `fastbind <command> --help`
+
+
 def main(argv: list[str]) -> int:
     cfg, rest = parse_cli(argv, SweepConfig)
     if len(rest) != 1:

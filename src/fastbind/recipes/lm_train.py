@@ -4,7 +4,7 @@ Reads top to bottom: settings, data, model, optimizer, resume, train loop (valid
 checkpoints inside), summary. Usage::
 
     fastbind lm-train out=runs/ptb-hebb data=ptb head=hebbian T=100 gamma=0.1 max_steps=20000
-    fastbind lm-train --config configs/wikitext103_paper.json head=hebbian
+    fastbind lm-train --config wikitext103-paper            # a preset; see docs/language_modelling.md
     torchrun --nproc_per_node=2 -m fastbind lm-train out=runs/ddp batch_size=32
 
 Re-running with the same ``out`` resumes from ``out/last.pt`` (the model settings and the
@@ -308,6 +308,9 @@ def train(cfg: LMTrainConfig) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+CONFIG = LMTrainConfig  # for `fastbind <command> --help`
 
 
 def main(argv: list[str]) -> int:
