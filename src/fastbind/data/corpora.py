@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from fastbind.data.download import SOURCES, DownloadError, fetch_dataset
 from fastbind.data.vocab import EOS, UNK, Vocabulary
+from fastbind._io import atomic_write
 from fastbind.errors import UserError
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
@@ -223,16 +224,6 @@ def _source_stats(files: Sequence[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _load_cached(slot: Path, key: dict[str, Any]) -> tuple[Vocabulary, dict[str, np.ndarray]] | None:
     meta_path = slot / "meta.json"
     try:
@@ -260,7 +251,7 @@ def _save_cached(slot: Path, key: dict[str, Any], vocab: Vocabulary, arrays: Map
         slot.mkdir(parents=True, exist_ok=True)
         (slot / "meta.json").unlink(missing_ok=True)  # the entry is incomplete until meta is back
         for s in SPLITS:
-            _atomic_write(slot / f"{s}.npy", lambda f, a=arrays[s]: np.save(f, a, allow_pickle=False))
+            atomic_write(slot / f"{s}.npy", lambda f, a=arrays[s]: np.save(f, a, allow_pickle=False))
         vocab.save(slot / "vocab.txt")
         meta = {
             "version": _CACHE_VERSION,
@@ -268,7 +259,7 @@ def _save_cached(slot: Path, key: dict[str, Any], vocab: Vocabulary, arrays: Map
             "vocab_size": len(vocab),
             "lengths": {s: int(len(arrays[s])) for s in SPLITS},
         }
-        _atomic_write(slot / "meta.json", lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True)), "w")
+        atomic_write(slot / "meta.json", lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True).encode()))
     except OSError as e:
         warnings.warn(f"could not write the encoded-corpus cache in {slot}: {e}", stacklevel=3)
 

@@ -19,7 +19,6 @@ import http.client
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fastbind._io import atomic_write
 from fastbind.errors import UserError
 
 _CHUNK = 1 << 20
@@ -147,34 +147,31 @@ def download(
         DownloadError: network/HTTP failure, truncated body or checksum mismatch.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     h = hashlib.sha256()
-    received = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            req = urllib.request.Request(url, headers={"User-Agent": "fastbind"})
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    length = resp.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                              disable=not progress, leave=False) as bar:
-                        while chunk := resp.read(_CHUNK):
-                            out.write(chunk)
-                            h.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # ValueError: bad URL
-                raise DownloadError(f"could not download {url}: {_one_line(e)}") from None
+
+    def fetch(out) -> None:
+        received, total = 0, None
+        req = urllib.request.Request(url, headers={"User-Agent": "fastbind"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                          disable=not progress, leave=False) as bar:
+                    while chunk := resp.read(_CHUNK):
+                        out.write(chunk)
+                        h.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # ValueError: bad URL
+            raise DownloadError(f"could not download {url}: {_one_line(e)}") from None
         if total is not None and received != total:
             raise DownloadError(f"download of {url} was cut short ({received} of {total} bytes)")
         if sha256 is not None and h.hexdigest() != sha256.lower():
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {h.hexdigest()}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    # A failed or corrupt download raises inside the write, so nothing lands at dest.
+    atomic_write(dest, fetch)
     return dest
 
 
@@ -191,16 +188,6 @@ def _safe_target(folder: Path, file_name: str) -> Path:
     if not file_name or Path(file_name).name != file_name or file_name in (".", ".."):
         raise DownloadError(f"refusing to extract to {file_name!r}: not a plain file name")
     return folder / file_name
-
-
-def _copy_atomic(src, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out, _CHUNK)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def extract_members(archive: str | os.PathLike, members: Mapping[str, str], folder: str | os.PathLike) -> list[Path]:
@@ -234,7 +221,7 @@ def extract_members(archive: str | os.PathLike, members: Mapping[str, str], fold
                         if info.is_dir():
                             raise DownloadError(f"archive member {info.filename} is a folder, expected a file")
                         with zf.open(info) as src:
-                            _copy_atomic(src, wanted[key])
+                            atomic_write(wanted[key], lambda out, src=src: shutil.copyfileobj(src, out, _CHUNK))
                         done.add(key)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive, "r:*") as tf:
@@ -246,7 +233,7 @@ def extract_members(archive: str | os.PathLike, members: Mapping[str, str], fold
                         src = tf.extractfile(m)
                         assert src is not None  # regular files always have a stream
                         with src:
-                            _copy_atomic(src, wanted[key])
+                            atomic_write(wanted[key], lambda out, src=src: shutil.copyfileobj(src, out, _CHUNK))
                         done.add(key)
         else:
             raise DownloadError(f"{archive} is neither a zip nor a tar archive")

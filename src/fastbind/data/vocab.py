@@ -10,13 +10,13 @@ them as a tensor beside the encoded splits.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
+from fastbind._io import atomic_write
 from fastbind.errors import UserError
 
 VOCAB_FILE = "vocab.txt"
@@ -181,17 +181,7 @@ class Vocabulary:
         """
         path = Path(path)
         file = path if path.suffix == ".txt" else path / VOCAB_FILE
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write("\n".join(self.itos))
-                f.write("\n")
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return file
+        return atomic_write(file, lambda f: f.write(("\n".join(self.itos) + "\n").encode("utf-8")))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, unk: str | None = UNK, eos: str | None = EOS) -> Vocabulary:

@@ -33,14 +33,14 @@ import os
 import pathlib
 import pickle
 import random
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from fastbind._io import atomic_write
 from fastbind.errors import UserError
 from fastbind.training import distributed
 
@@ -57,52 +57,6 @@ FORMAT = "fastbind-checkpoint-v1"
 """Marker stored under the ``"format"`` key of every checkpoint."""
 
 _SCALARS = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> pathlib.Path:
-    """Write a file atomically: ``write(fh)`` into a temp file, fsync, rename over ``path``.
-
-    The temp file lives in the destination folder (a rename is only atomic within one
-    file system) and is removed if ``write`` raises.
-
-    Args:
-        path: Destination; parent folders are created.
-        write: Called with a binary file handle open for writing.
-
-    Returns:
-        The destination path.
-    """
-    dest = pathlib.Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(dest.parent)
-    return dest
-
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-    # Makes the rename itself durable across a power cut; not possible on every OS.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_state(value: Any, key: str) -> None:
