@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from fastbind.memory import MbPA, NeuralCache, mix_log_probs
 
 from fastbind.errors import UserError
-from fastbind.recipes.lm_train import LMTrainConfig, build_model, evaluate, load_data, vocab_digest
+from fastbind.recipes.lm_train import LMTrainConfig, build_model, check_vocab, evaluate, load_data
 from fastbind.training.buckets import BucketedNLL
 from fastbind.training.checkpoint import atomic_write, load_checkpoint
 from fastbind.training.config import from_dict, parse_cli
@@ -137,6 +137,17 @@ def variant_log_probs(lp: torch.Tensor, lp_cache: torch.Tensor | None, lp_mbpa: 
     return out
 
 
+def bucket_results(lps: dict[str, torch.Tensor], Y: torch.Tensor, train_counts: torch.Tensor,
+                   edges: tuple[int, ...]) -> dict[str, dict]:
+    """Perplexity overall and per frequency bucket of each variant's target log-probabilities."""
+    out = {}
+    for name, lp in lps.items():
+        acc = BucketedNLL.from_counts(train_counts, edges)
+        acc.add(-lp.cpu(), Y.cpu())
+        out[name] = acc.result()
+    return out
+
+
 def load_run(run_dir: Path, which: str = "best", device: str = "cpu", data_dir: str | None = None):
     """``(train_cfg, model, corpus, checkpoint)`` of a run folder; checks the vocabulary."""
     if not run_dir.is_dir():
@@ -157,9 +168,7 @@ def load_run(run_dir: Path, which: str = "best", device: str = "cpu", data_dir: 
         raise UserError(f"{run_dir} has no checkpoint {which}.pt")
     ck = load_checkpoint(ck_path)
     corpus = load_data(train_cfg)
-    if ck.get("vocab_digest") != vocab_digest(corpus):
-        raise UserError(f"{ck_path} was trained on a different vocabulary ({ck.get('vocab_size')} types) than "
-                        f"data={train_cfg.data} gives now ({len(corpus.vocab)} types)")
+    check_vocab(ck, ck_path, corpus, train_cfg.data)
     model = build_model(train_cfg, len(corpus.vocab))
     try:
         model.load_state_dict(ck["model"])
@@ -180,7 +189,6 @@ def format_table(result: dict, title: str) -> str:
 def run_eval(run_dir: Path, cfg: LMEvalConfig) -> dict:
     train_cfg, model, corpus, ck = load_run(run_dir, cfg.checkpoint, cfg.device, cfg.data_dir)
     edges = tuple(cfg.buckets) if cfg.buckets is not None else tuple(train_cfg.buckets)
-    acc = BucketedNLL.from_counts(corpus.train_counts, edges)
     tokens = getattr(corpus, cfg.split)
     use_cache, use_mbpa = cfg.cache.lam > 0, cfg.mbpa.lam > 0
     if use_cache or use_mbpa:
@@ -192,15 +200,13 @@ def run_eval(run_dir: Path, cfg: LMEvalConfig) -> dict:
         W, b = model.output_layer()
         lp_m = (mbpa_log_probs(H, Y, W, b, cfg.mbpa, cfg.cache.size, cfg.memory_chunk, cfg.progress)
                 if use_mbpa else None)
-        variants = {}
-        for name, lp in variant_log_probs(LP, lp_c, lp_m, cfg.cache.lam, cfg.mbpa.lam).items():
-            v = BucketedNLL.from_counts(corpus.train_counts, edges)
-            v.add(-lp.cpu(), Y.cpu())
-            variants[name] = v.result()
+        variants = bucket_results(variant_log_probs(LP, lp_c, lp_m, cfg.cache.lam, cfg.mbpa.lam), Y,
+                                  corpus.train_counts, edges)
         result = dict(variants["model"])
         result["variants"] = variants
         result["settings"] = {"cache": vars(cfg.cache) if use_cache else None, "mbpa": vars(cfg.mbpa) if use_mbpa else None}
     else:
+        acc = BucketedNLL.from_counts(corpus.train_counts, edges)
         result = evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc,
                           device=torch.device(cfg.device), max_tokens=cfg.max_tokens, progress=cfg.progress)
     result.update({"split": cfg.split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]),

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from fastbind.errors import UserError
 from fastbind.memory import mix_log_probs
 from fastbind.recipes.lm_eval import (
-    CacheSettings, MbPASettings, cache_log_probs, collect_stream, format_table, load_run, mbpa_log_probs,
+    CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, load_run,
+    mbpa_log_probs,
 )
-from fastbind.training.buckets import BucketedNLL
 from fastbind.training.checkpoint import atomic_write
 from fastbind.training.config import parse_cli
 
@@ -154,11 +154,8 @@ def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "
         lps["+cache+mbpa"] = mix_log_probs(LP, (bx["cache_lambda"], cache_lp(bx["size"], bx["theta"])),
                                            (bx["mbpa_lambda"], mbpa_lp(bx["size"], bx["k"], bx["steps"])))
         settings["+cache+mbpa"] = bx
-    variants = {}
-    for name, lp in lps.items():
-        acc = BucketedNLL.from_counts(corpus.train_counts, tuple(train_cfg.buckets))
-        acc.add(-lp.cpu(), Y.cpu())
-        variants[name] = {**acc.result(), "settings": settings[name]}
+    results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
+    variants = {name: {**r, "settings": settings[name]} for name, r in results.items()}
     out = {**{k: v for k, v in variants["model"].items() if k != "settings"}, "variants": variants,
            "split": split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]), "edges": list(train_cfg.buckets),
            "head": train_cfg.model.head, "data": train_cfg.data, "tuned_on": cfg.split}

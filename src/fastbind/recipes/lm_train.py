@@ -101,6 +101,15 @@ def vocab_digest(corpus: Corpus) -> str:
     return hashlib.sha1("\n".join(corpus.vocab.itos).encode("utf-8")).hexdigest()
 
 
+def check_vocab(ck: dict, ck_path: Path, corpus: Corpus, data: str) -> str:
+    """The corpus's vocabulary digest; UserError when the checkpoint was trained on another vocabulary."""
+    digest = vocab_digest(corpus)
+    if ck.get("vocab_digest") != digest:
+        raise UserError(f"{ck_path} was trained on a different vocabulary ({ck.get('vocab_size')} types) than "
+                        f"data={data} gives now ({len(corpus.vocab)} types)")
+    return digest
+
+
 def build_model(cfg: LMTrainConfig, vocab_size: int) -> LSTMLM:
     return LSTMLM(replace(cfg.model, vocab_size=vocab_size))
 
@@ -182,9 +191,7 @@ def train(cfg: LMTrainConfig) -> dict:
     seed_everything(cfg.seed + info.rank)
     corpus = load_data(cfg)
     V = len(corpus.vocab)
-    if ck is not None and ck.get("vocab_digest") != vocab_digest(corpus):
-        raise UserError(f"{last_path} was trained on a different vocabulary ({ck.get('vocab_size')} types) than "
-                        f"data={cfg.data} gives ({V} types)")
+    digest = check_vocab(ck, last_path, corpus, cfg.data) if ck is not None else vocab_digest(corpus)
     model = build_model(cfg, V).to(device)
     opt = build_optimizer(model.parameters(), cfg.optim)
     sched = build_scheduler(opt, cfg.optim, cfg.max_steps)
@@ -217,15 +224,25 @@ def train(cfg: LMTrainConfig) -> dict:
         state = {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "config": to_dict(cfg), "step": step, "best_val_ppl": best, "rng": rngs,
-            "vocab_digest": vocab_digest(corpus), "vocab_size": V, "data_position": step % len(stream),
+            "vocab_digest": digest, "vocab_size": V, "data_position": step % len(stream),
             "train_state": list(train_state) if train_state is not None else None,
         }
         save_checkpoint(path, state)
 
     def validate() -> dict:
+        """Validate, log it, and keep best.pt when it improves."""
+        nonlocal best
         acc = BucketedNLL.from_counts(corpus.train_counts, cfg.buckets)
-        return evaluate(model, corpus.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, acc=acc,
-                        device=device, max_tokens=cfg.eval_max_tokens, info=info)
+        val = evaluate(model, corpus.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, acc=acc,
+                       device=device, max_tokens=cfg.eval_max_tokens, info=info)
+        if writer:
+            writer.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step})
+        if info.is_primary and cfg.progress:
+            bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}")
+        if val["ppl"] < best:
+            best = val["ppl"]
+            checkpoint(best_path)
+        return val
 
     start_step, t0 = step, time.perf_counter()
     tokens_per_step = cfg.batch_size * cfg.bptt
@@ -265,14 +282,6 @@ def train(cfg: LMTrainConfig) -> dict:
         bar.update(1)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             val = validate()
-            if writer:
-                writer.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"],
-                                  "tokens": step * tokens_per_step})
-            if info.is_primary and cfg.progress:
-                bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}")
-            if val["ppl"] < best:
-                best = val["ppl"]
-                checkpoint(best_path)
             checkpoint(last_path)
         out_of_time = cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes
         if step == cfg.max_steps and not cfg.eval_every:
@@ -281,11 +290,6 @@ def train(cfg: LMTrainConfig) -> dict:
             if out_of_time and cfg.eval_every and step % cfg.eval_every:
                 # A time-budgeted run ends with a validation, so best.pt reflects its last step.
                 val = validate()
-                if writer:
-                    writer.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step})
-                if val["ppl"] < best:
-                    best = val["ppl"]
-                    checkpoint(best_path)
             checkpoint(last_path)
             stopped_early = True
             break
