@@ -256,6 +256,22 @@ def _bad(key: str, value: Any, expected: str) -> UserError:
     return UserError(f"bad value for {key!r}: expected {expected}, got {value!r}")
 
 
+def _item_types(tp: Any, items: list[Any], key: str, text: str | None = None) -> list[tuple[Any, Any]]:
+    """Pair each item of a tuple/list value with its annotated element type.
+
+    ``tuple[X, ...]``, ``list[X]`` and bare ``tuple``/``list`` take any length; a fixed
+    ``tuple[X, Y]`` must have exactly that many items (``text`` is quoted in the error).
+    """
+    args = typing.get_args(tp)
+    fixed = (typing.get_origin(tp) is tuple or tp is tuple) and args and not (len(args) == 2 and args[1] is Ellipsis)
+    if not fixed:
+        return [(v, args[0] if args else Any) for v in items]
+    if len(args) != len(items):
+        where = f" in {text!r}" if text is not None else ""
+        raise UserError(f"bad value for {key!r}: expected {len(args)} items, got {len(items)}{where}")
+    return list(zip(items, args, strict=True))
+
+
 def _convert(value: Any, tp: Any, key: str, root: type) -> Any:
     """Type-check an already-parsed (JSON/TOML) value against an annotation."""
     if tp is Any or tp is object:
@@ -315,19 +331,8 @@ def _convert(value: Any, tp: Any, key: str, root: type) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _bad(key, value, "a list")
         items = list(value)
-        args = typing.get_args(tp)
-        if origin is tuple or tp is tuple:
-            if not args or (len(args) == 2 and args[1] is Ellipsis):
-                elem_types = [args[0] if args else Any] * len(items)
-            else:
-                if len(args) != len(items):
-                    raise UserError(f"bad value for {key!r}: expected {len(args)} items, got {len(items)}")
-                elem_types = list(args)
-            return tuple(
-                _convert(v, t, f"{key}[{i}]", root) for i, (v, t) in enumerate(zip(items, elem_types, strict=True))
-            )
-        elem = args[0] if args else Any
-        return [_convert(v, elem, f"{key}[{i}]", root) for i, v in enumerate(items)]
+        converted = [_convert(v, t, f"{key}[{i}]", root) for i, (v, t) in enumerate(_item_types(tp, items, key))]
+        return tuple(converted) if origin is tuple or tp is tuple else converted
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise _bad(key, value, "a table/object")
@@ -412,19 +417,8 @@ def _parse(text: str, tp: Any, key: str, root: type) -> Any:
         return tp(text)
     if origin in (tuple, list) or tp in (tuple, list):
         items = _split_list(stripped)
-        args = typing.get_args(tp)
-        if origin is tuple or tp is tuple:
-            if not args or (len(args) == 2 and args[1] is Ellipsis):
-                elem_types = [args[0] if args else Any] * len(items)
-            else:
-                if len(args) != len(items):
-                    raise UserError(f"bad value for {key!r}: expected {len(args)} items, got {len(items)} in {text!r}")
-                elem_types = list(args)
-            return tuple(
-                _parse(v, t, f"{key}[{i}]", root) for i, (v, t) in enumerate(zip(items, elem_types, strict=True))
-            )
-        elem = args[0] if args else Any
-        return [_parse(v, elem, f"{key}[{i}]", root) for i, v in enumerate(items)]
+        parsed = [_parse(v, t, f"{key}[{i}]", root) for i, (v, t) in enumerate(_item_types(tp, items, key, text))]
+        return tuple(parsed) if origin is tuple or tp is tuple else parsed
     if origin is dict or tp is dict:
         try:
             value = json.loads(stripped)
