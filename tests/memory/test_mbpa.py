@@ -63,12 +63,13 @@ SHAPES = [(5, 7, 3), (3, 9, 8), (6, 20, 64)]
 
 
 @pytest.mark.parametrize(("d", "size", "k"), SHAPES)
-@pytest.mark.parametrize("steps", [1, 2, 3])
 @pytest.mark.parametrize("bias", [True, False])
-def test_log_prob_matches_autograd_reference(d, size, k, steps, bias):
+# One step with and without the stored base distributions (the cache exists only for one step).
+@pytest.mark.parametrize(("steps", "base_cache_bytes"), [(1, 1 << 30), (1, 0), (2, 1 << 30), (3, 1 << 30)])
+def test_log_prob_matches_autograd_reference(d, size, k, steps, bias, base_cache_bytes):
     hp = dict(k=k, steps=steps, lr=0.3, l2=0.5, eps=1e-3)
     W, b, chunks = make_problem(LENGTHS, d, V=7, seed=d + steps, bias=bias)
-    mbpa = MbPA(size=size, **hp)
+    mbpa = MbPA(size=size, base_cache_bytes=base_cache_bytes, **hp)
     got = torch.cat([mbpa.log_prob(h, y, W, b) for h, y in chunks])
     want = reference_log_probs(chunks, W, b, size, **hp)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
@@ -83,6 +84,56 @@ def test_blocked_computation_matches_reference(steps):
     mbpa = MbPA(size=6, budget_bytes=1, **hp)
     got = torch.cat([mbpa.log_prob(h, y, W, b) for h, y in chunks])
     torch.testing.assert_close(got, reference_log_probs(chunks, W, b, 6, **hp), rtol=1e-9, atol=1e-10)
+
+
+def test_base_cache_grows_wraps_and_follows_the_layer():
+    # size > 64 so the store grows (64 -> 150 slots) before it wraps; the layer then changes
+    # in place (an optimizer-like update), is replaced by another tensor, and entries are
+    # written without a layer: each time the cached distributions must follow.
+    hp = dict(k=10, steps=1, lr=0.4, l2=0.5, eps=1e-3)
+    W, b, chunks = make_problem([40, 50, 70, 30, 45], d=3, V=5, seed=21)
+    cached, plain = MbPA(size=150, **hp), MbPA(size=150, base_cache_bytes=0, **hp)
+    got, want = [], []
+    for i, (h, y) in enumerate(chunks):
+        if i == 2:
+            W.add_(0.3 * torch.randn_like(W))
+            b.mul_(0.5)
+        if i == 3:
+            W = W.flip(0).contiguous()
+        if i == 4:
+            cached.write(h[:5], y[:5])
+            plain.write(h[:5], y[:5])
+            h, y = h[5:], y[5:]
+        got.append(cached.log_prob(h, y, W, b))
+        want.append(plain.log_prob(h, y, W, b))
+    assert cached._probs is not None and cached._probs.shape == (150, 5)
+    torch.testing.assert_close(torch.cat(got), torch.cat(want), rtol=1e-9, atol=1e-10)
+    q = torch.randn(6, 3, dtype=torch.float64)
+    torch.testing.assert_close(cached.logits(q, W, b), plain.logits(q, W, b), rtol=1e-9, atol=1e-10)
+    assert MbPA(size=150, base_cache_bytes=150 * 5 * 8 - 1, **hp)._use_base_cache(5, q) is False
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_mask_scores_a_subset_and_keeps_the_stream(steps):
+    hp = dict(k=5, steps=steps, lr=0.3, l2=0.5, eps=1e-3)
+    W, b, chunks = make_problem([9, 12, 7, 10], d=4, V=6, seed=13)
+    full, sub = MbPA(size=15, **hp), MbPA(size=15, **hp)
+    for i, (h, y) in enumerate(chunks):
+        mask = torch.arange(h.shape[0]) % 3 == i % 3
+        if i == 3:
+            mask[:] = False
+        want = full.log_prob(h, y, W, b)
+        got = sub.log_prob(h, y, W, b, mask=mask)
+        torch.testing.assert_close(got[mask], want[mask], rtol=1e-9, atol=1e-10)
+        assert torch.isnan(got[~mask]).all()
+    assert len(sub) == len(full) == 15
+
+
+@pytest.mark.parametrize("mask", [torch.ones(3, dtype=torch.bool), torch.ones(4), [True] * 4])
+def test_bad_mask_raises(mask):
+    with pytest.raises(ValueError, match="mask"):
+        MbPA(size=4, k=2).log_prob(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.randn(5, 3),
+                                   mask=mask)
 
 
 def test_first_query_is_the_unadapted_model_and_adaptation_helps_repeats():
@@ -191,7 +242,8 @@ def test_mismatch_with_stored_entries_raises():
 
 
 @pytest.mark.parametrize("kwargs", [{"size": 0}, {"k": 0}, {"k": -2}, {"steps": 0}, {"steps": 1.5}, {"lr": 0.0},
-                                    {"l2": -0.1}, {"eps": 0.0}, {"knn_backend": "annoy"}])
+                                    {"l2": -0.1}, {"eps": 0.0}, {"knn_backend": "annoy"},
+                                    {"base_cache_bytes": -1}, {"base_cache_bytes": 1.5}])
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         MbPA(**kwargs)

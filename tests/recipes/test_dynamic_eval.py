@@ -76,3 +76,58 @@ def test_sweep_picks_the_grid_minimum_and_applies_it_to_test(run, capsys):
     assert t["variants"]["model"]["tokens"] == 300
     assert "+cache+MbPA" in capsys.readouterr().out
     assert (run / "sweep-valid.md").read_text().startswith("Sweep on valid")
+
+
+def test_lm_eval_mbpa_stride_scores_a_sample(run):
+    args = ["lm-eval", str(run), "split=test", "progress=false", "max_tokens=600", "cache.size=200",
+            "cache.theta=0.5", "cache.lambda=0.2", "mbpa.lambda=0.1", "mbpa.k=16", "mbpa.size=300", "mbpa.stride=3",
+            "memory_chunk=64"]
+    assert cli(args) == 0
+    r = json.loads((run / "eval-test.json").read_text())
+    assert set(r["variants"]) == {"model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"}
+    _, model, corpus, _ = load_run(run)
+    H, Y, LP = collect_stream(model, corpus.test, bptt=100, device=torch.device("cpu"), max_tokens=600)
+    lp_c = NeuralCache(size=200, theta=0.5).log_prob(H, Y)
+    W, b = model.output_layer()
+    lp_m = MbPA(size=300, k=16, steps=1, lr=0.3, l2=0.5, eps=1e-3).log_prob(H, Y, W.detach(), b.detach())
+    p, pc, pm = (x.double().exp()[::3] for x in (LP, lp_c, lp_m))  # targets 0, 3, 6, ...
+    direct = {"model@sample": p, "+cache@sample": 0.8 * p + 0.2 * pc, "+mbpa": 0.9 * p + 0.1 * pm,
+              "+cache+mbpa": 0.7 * p + 0.2 * pc + 0.1 * pm}
+    for name, probs in direct.items():
+        v = r["variants"][name]
+        assert v["tokens"] == 200, name
+        assert math.isclose(v["ppl"], math.exp(-probs.log().mean().item()), rel_tol=1e-4), name
+    assert r["variants"]["model"]["tokens"] == r["variants"]["+cache"]["tokens"] == 600
+
+
+def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
+    args = ["lm-sweep", str(run), "progress=false", "max_tokens=400", "test_max_tokens=300", "thetas=[0.5]",
+            "cache_lambdas=[0.2]", "sizes=[200]", "mbpa_lambdas=[0.05,0.1]", "ks=[8]", "steps=[1]",
+            "mbpa_stride=4", "test_mbpa_stride=2"]
+    assert cli(args) == 0
+    s = json.loads((run / "sweep-valid.json").read_text())
+    assert s["mbpa_stride"] == 4 and s["mbpa_tokens"] == 100
+    _, model, corpus, _ = load_run(run)
+    H, Y, LP = collect_stream(model, corpus.valid, bptt=100, device=torch.device("cpu"), max_tokens=400)
+    W, b = model.output_layer()
+    lp_m = MbPA(size=200, k=8, steps=1, lr=0.3, l2=0.5, eps=1e-3).log_prob(H, Y, W.detach(), b.detach())
+    p, pm = LP.double().exp()[::4], lp_m.double().exp()[::4]
+    row = next(r for r in s["grid"]["mbpa"] if r["lambda"] == 0.1)
+    assert math.isclose(row["ppl"], math.exp(-(0.9 * p + 0.1 * pm).log().mean().item()), rel_tol=1e-4)
+    assert math.isclose(s["model_ppl_mbpa_tokens"], math.exp(-p.log().mean().item()), rel_tol=1e-4)
+    assert "every 4th target" in (run / "sweep-valid.md").read_text()
+    t = json.loads((run / "eval-test.json").read_text())
+    assert t["variants"]["+mbpa"]["tokens"] == t["variants"]["model@sample"]["tokens"] == 150
+    assert t["variants"]["model"]["tokens"] == 300 and t["mbpa_stride"] == 2
+
+
+@pytest.mark.parametrize("arg", ["mbpa_stride=0", "test_mbpa_stride=-1", "ks=[]"])
+def test_sweep_bad_settings(run, arg, capsys):
+    assert cli(["lm-sweep", str(run), "progress=false", arg]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and arg.split("=")[0] in err
+
+
+def test_lm_eval_bad_stride(run, capsys):
+    assert cli(["lm-eval", str(run), "progress=false", "mbpa.lambda=0.1", "mbpa.stride=0", "max_tokens=50"]) == 2
+    assert "stride" in capsys.readouterr().err

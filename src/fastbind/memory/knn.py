@@ -72,6 +72,11 @@ class RingStore:
         return min(self.count, self.size)
 
     @property
+    def capacity(self) -> int:
+        """Slots allocated so far (grows to ``size``)."""
+        return 0 if self._keys is None else self._keys.shape[0]
+
+    @property
     def dim(self) -> int | None:
         return None if self._keys is None else self._keys.shape[1]
 

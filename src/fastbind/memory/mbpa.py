@@ -25,11 +25,16 @@ their one-hot labels; the query's logits are ``W₀ h_t + b₀ + (H h_t)ᵀ C + 
 Costs (V classes, d features, K neighbours, S candidate entries, per chunk of L queries):
 
 * ``steps == 1`` (the paper's setting): the first step starts from ``W₀`` for every query,
-  so the neighbours' probabilities are computed once per *distinct* neighbour of the chunk
-  (``U ≤ min(S, L·K)`` of them): ``O(U·V·d + L·U·V)``, i.e. ``O(U·V·(d/L + 1))`` per query,
-  so longer chunks are cheaper per query (results do not depend on the chunking). This
-  holds per block of queries: when ``budget_bytes`` cannot hold a whole chunk (about
-  ``(2V + 2S)`` numbers per query) the distinct neighbours are recomputed for every block.
+  so each stored entry's base distribution ``p_k = softmax(W₀ h_k + b₀)`` is the same for
+  every query. MbPA keeps it beside the entry (computed from the chunk's own base logits
+  when the chunk is written, so at no extra cost) as long as ``size·V`` numbers fit in
+  ``base_cache_bytes``; a query then costs ``O(S·d)`` for the search plus ``O(U·V / L)``
+  for ``Σ_k a_k p_k``, with ``U ≤ min(S, L·K)`` the distinct neighbours of its block of
+  ``L`` queries. The cache belongs to one output layer: called with another one (or the
+  same tensors changed in place), MbPA recomputes it once for the stored entries.
+  Without the cache the distinct neighbours' distributions are recomputed per block:
+  ``O(U·V·d + L·U·V)``. When ``budget_bytes`` cannot hold a whole chunk (about
+  ``(2V + 2S)`` numbers per query) the work is split into blocks of queries.
 * ``steps > 1``: the later steps are query-specific: ``O(K·V·(d + min(K, 2d)))`` per query
   per step, with ``3·K·V`` numbers of working memory per query (at K = 1024, V = 33,278 in
   float32 about 400 MB, whatever the budget).
@@ -46,6 +51,9 @@ import torch.nn.functional as F
 from fastbind.memory import knn
 from fastbind.memory.knn import DEFAULT_BUDGET_BYTES, RingStore, positive_int
 
+# Default bound on the table of stored entries' base distributions (steps == 1).
+DEFAULT_BASE_CACHE_BYTES = 2 << 30
+
 
 class MbPA:
     """Episodic memory plus local adaptation of an output layer (evaluation time).
@@ -60,6 +68,8 @@ class MbPA:
         knn_backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (see :func:`fastbind.memory.knn.search`).
         budget_bytes: working memory of one block of queries (see the module docstring for
             what cannot be split further).
+        base_cache_bytes: largest ``size × V`` table of the stored entries' base
+            distributions kept for ``steps == 1`` (see the module docstring); 0 turns it off.
 
     The state is explicit (never in a state_dict); :meth:`reset` clears it. The memory lives
     on the device/dtype of the first ``h`` written; later inputs and the weights must match.
@@ -82,6 +92,7 @@ class MbPA:
         *,
         knn_backend: knn.Backend = "auto",
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        base_cache_bytes: int = DEFAULT_BASE_CACHE_BYTES,
     ) -> None:
         self.size = positive_int(size, "size")
         self.k = positive_int(k, "k")
@@ -100,7 +111,12 @@ class MbPA:
         self.lr, self.l2, self.eps = float(lr), float(l2), float(eps)
         self.knn_backend: knn.Backend = knn_backend
         self.budget_bytes = positive_int(budget_bytes, "budget_bytes")
+        if isinstance(base_cache_bytes, bool) or not isinstance(base_cache_bytes, int) or base_cache_bytes < 0:
+            raise ValueError(f"base_cache_bytes must be an integer >= 0, got {base_cache_bytes!r}")
+        self.base_cache_bytes = base_cache_bytes
         self._store = RingStore(self.size)
+        self._probs: torch.Tensor | None = None  # (slots, V) base distributions, slot-aligned with the store
+        self._probs_layer: tuple | None = None  # the output layer they were computed with
 
     def __len__(self) -> int:
         """Number of stored entries (at most ``size``)."""
@@ -113,15 +129,17 @@ class MbPA:
     def reset(self) -> None:
         """Forget every entry (and the device/dtype they fixed)."""
         self._store.reset()
+        self._probs = self._probs_layer = None
 
     @torch.no_grad()
     def write(self, h: torch.Tensor, y: torch.Tensor) -> None:
         """Append ``h (L, d)``, ``y (L,)`` without scoring them (e.g. to preload examples)."""
         self._store.append(h, y)
+        self._probs_layer = None  # no layer given: the next scoring call recomputes the base distributions
 
     @torch.no_grad()
     def log_prob(self, h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None = None, *, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log p_mbpa(y_t | h_t)`` for each step of a chunk, then append the chunk.
 
         Args:
@@ -129,6 +147,9 @@ class MbPA:
             y: ``(L,)`` integer labels in ``[0, V)``.
             weight: ``(V, d)`` output layer to adapt (``nn.Linear`` layout); not modified.
             bias: ``(V,)`` or None (then no bias is adapted either).
+            mask: optional ``(L,)`` bool: score only these positions (the others come back
+                as NaN and cost only their memory write), e.g. to estimate a long stream's
+                perplexity from every n-th target while the memory still sees every step.
 
         Returns:
             ``(L,)`` log-probabilities; a query with no visible entry gets the unadapted
@@ -137,24 +158,49 @@ class MbPA:
         self._store.check(h, y)
         V = self._check_layer(h, weight, bias)
         y = y.to(torch.int64)
-        if h.shape[0] and (int(y.min()) < 0 or int(y.max()) >= V):
-            raise ValueError(f"y must lie in [0, {V}), got values in [{int(y.min())}, {int(y.max())}]")
         L, N = h.shape[0], self._store.count
+        if L and (int(y.min()) < 0 or int(y.max()) >= V):
+            raise ValueError(f"y must lie in [0, {V}), got values in [{int(y.min())}, {int(y.max())}]")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                                 or mask.shape != (L,) or mask.device != h.device):
+            desc = (f"{tuple(mask.shape)} {mask.dtype} on {mask.device}" if isinstance(mask, torch.Tensor)
+                    else type(mask).__name__)
+            raise ValueError(f"mask must be a bool tensor of shape ({L},) on {h.device}, got {desc}")
+        cached = self._use_base_cache(V, h)
+        if cached:
+            self._refresh_base_cache(weight, bias)
         mem = self._store.view()
-        out = h.new_empty((L,))
+        out = h.new_full((L,), float("nan"))
+        sel = torch.arange(L, device=h.device) if mask is None else mask.nonzero()[:, 0]
+        # Base logits of the queries; with the cache those of every row (its entries' distributions).
+        base = F.linear(h if cached else h[sel], weight, bias)
+        chunk_probs = base.softmax(1) if cached else None
         n_cols = (0 if mem is None else mem[0].shape[0]) + min(L, self.size)
-        for t0, t1 in self._query_blocks(L, V, n_cols, h.element_size()):
-            t = torch.arange(t0, t1, device=h.device)
+        for b0, b1 in self._query_blocks(sel.shape[0], V, n_cols, h.element_size()):
+            t = sel[b0:b1]
+            t_first, t_last = (int(t[0]), int(t[-1])) if mask is not None else (b0, b1 - 1)
             # Candidates: the stored entries, then the chunk positions some query of the block
             # sees; the window [N + t - size, N + t) of stream positions picks each query's own.
-            parts = [mem] if mem is not None and t0 < self.size else []
-            c0, c1 = max(0, t0 - self.size), t1 - 1
+            parts = [mem] if mem is not None and t_first < self.size else []
+            c0, c1 = max(0, t_first - self.size), t_last
             if c1 > c0:
                 parts.append((h[c0:c1], y[c0:c1], N + torch.arange(c0, c1, device=h.device)))
             keys, vals, pos = ([p[i] for p in parts] for i in range(3))
-            logits = self._adapted_logits(h[t0:t1], keys, vals, pos, N + t - self.size, N + t, weight, bias)
-            out[t0:t1] = logits.log_softmax(1).gather(1, y[t0:t1, None])[:, 0]
+            probs = None
+            if cached:
+                assert chunk_probs is not None
+                probs = [chunk_probs[c0:c1]] if c1 > c0 else []
+                if parts and parts[0] is mem:
+                    assert self._probs is not None  # refreshed above for every stored entry
+                    probs.insert(0, self._probs[: mem[0].shape[0]])
+            logits = base[t] if cached else base[b0:b1]
+            logits = self._adapted_logits(h[t], keys, vals, pos, N + t - self.size, N + t, weight, bias,
+                                          logits=logits.clone(), probs=probs)
+            out[t] = logits.log_softmax(1).gather(1, y[t, None])[:, 0]
         self._store.append(h, y)
+        if cached:
+            assert chunk_probs is not None
+            self._append_base_cache(chunk_probs)
         return out
 
     @torch.no_grad()
@@ -170,10 +216,56 @@ class MbPA:
         L = h.shape[0]
         out = h.new_empty((L, V))
         n_cols = 0 if mem is None else mem[0].shape[0]
+        cached = mem is not None and self._use_base_cache(V, h)
+        if cached:
+            self._refresh_base_cache(weight, bias)
         for t0, t1 in self._query_blocks(L, V, n_cols, h.element_size()):
             parts = ([mem[0]], [mem[1]], [mem[2]]) if mem is not None else ([], [], [])
-            out[t0:t1] = self._adapted_logits(h[t0:t1], *parts, None, None, weight, bias)
+            probs = [self._probs[:n_cols]] if cached and self._probs is not None else None
+            out[t0:t1] = self._adapted_logits(h[t0:t1], *parts, None, None, weight, bias, probs=probs)
         return out
+
+    # -- the base-distribution cache (steps == 1) -----------------------------------------
+
+    def _use_base_cache(self, V: int, h: torch.Tensor) -> bool:
+        return self.steps == 1 and self.size * V * h.element_size() <= self.base_cache_bytes
+
+    @staticmethod
+    def _layer_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        # Identity and in-place version of each tensor: an optimizer step or a copy_ into the
+        # layer changes the version, a different layer the pointer.
+        return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) if t is not None else None
+                     for t in (weight, bias))
+
+    def _refresh_base_cache(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Make the cached distributions those of ``(weight, bias)`` for every stored entry."""
+        key = self._layer_key(weight, bias)
+        mem = self._store.view()
+        if mem is None:
+            self._probs_layer = key
+            return
+        if key == self._probs_layer and self._probs is not None and self._probs.shape[1] == weight.shape[0]:
+            return
+        keys = mem[0]
+        probs = keys.new_empty((keys.shape[0], weight.shape[0]))
+        rows = max(1, self.budget_bytes // max(1, weight.shape[0] * keys.element_size()))
+        for i0 in range(0, keys.shape[0], rows):
+            probs[i0:i0 + rows] = F.linear(keys[i0:i0 + rows], weight, bias).softmax(1)
+        self._probs, self._probs_layer = probs, key
+
+    def _append_base_cache(self, chunk_probs: torch.Tensor) -> None:
+        """Store the distributions of the rows just appended, in the store's slot layout."""
+        cap = self._store.capacity
+        if self._probs is None or self._probs.shape[0] < cap:
+            grown = chunk_probs.new_empty((cap, chunk_probs.shape[1]))
+            if self._probs is not None:  # the store only grows before it wraps: slot == position
+                grown[: self._probs.shape[0]] = self._probs
+            self._probs = grown
+        n = min(chunk_probs.shape[0], self.size)
+        if n:
+            start = self._store.count - n
+            slots = torch.remainder(torch.arange(start, start + n, device=chunk_probs.device), self.size)
+            self._probs.index_copy_(0, slots, chunk_probs[chunk_probs.shape[0] - n:])
 
     # -- internals ------------------------------------------------------------------------
 
@@ -203,10 +295,13 @@ class MbPA:
         for t0 in range(0, L, rows):
             yield t0, min(L, t0 + rows)
 
-    def _adapted_logits(self, q, keys, vals, pos, lo, hi, weight, bias) -> torch.Tensor:
+    def _adapted_logits(self, q, keys, vals, pos, lo, hi, weight, bias, *, logits=None, probs=None) -> torch.Tensor:
         """``(B, V)`` logits of queries ``q (B, d)`` after adapting on their neighbours among
-        the candidate entries (``keys``/``vals``/``pos`` lists of parts), window ``[lo, hi)``."""
-        logits = F.linear(q, weight, bias)  # (B, V) unadapted
+        the candidate entries (``keys``/``vals``/``pos`` lists of parts), window ``[lo, hi)``.
+        ``logits``: the queries' unadapted logits when already computed (overwritten);
+        ``probs``: the candidates' base distributions, parts aligned with ``keys``."""
+        if logits is None:
+            logits = F.linear(q, weight, bias)  # (B, V) unadapted
         if not keys:
             return logits
         keys_c = keys[0] if len(keys) == 1 else torch.cat(keys)  # (S, d)
@@ -223,7 +318,7 @@ class MbPA:
         w = torch.where(valid, 1.0 / (self.eps + d2), torch.zeros_like(d2))
         w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # rows with nothing visible stay 0
         if self.steps == 1:
-            return self._one_step(logits, keys_c, vals_c, idx, valid, w, dots, weight, bias)
+            return self._one_step(logits, keys_c, vals_c, idx, valid, w, dots, weight, bias, probs)
         return self._several_steps(logits, keys_c, vals_c, idx, w, dots, weight, bias)
 
     def _pair_stats(self, q, keys, idx):
@@ -237,18 +332,37 @@ class MbPA:
             d2[i0:i0 + rows] = (nb - qb).pow_(2).sum(-1)
         return d2, dots
 
-    def _one_step(self, logits, keys, vals, idx, valid, w, dots, weight, bias):
+    def _one_step(self, logits, keys, vals, idx, valid, w, dots, weight, bias, probs=None):
         """One step from (W₀, b₀) for every query, sharing the neighbours' softmax:
-        ``logits − lr · Σ_k w_k (h_tᵀh_k + 1) (p_k − e_{y_k})`` (no ``+ 1`` without a bias)."""
+        ``logits − lr · Σ_k w_k (h_tᵀh_k + 1) (p_k − e_{y_k})`` (no ``+ 1`` without a bias).
+        ``probs``: the candidates' cached base distributions (parts in candidate order)."""
         B, V = logits.shape
         a = w * (dots + 1.0) if bias is not None else w * dots  # (B, kk)
         rows = torch.arange(B, device=idx.device)[:, None].expand_as(idx)[valid]
-        uniq, inv = torch.unique(idx[valid], return_inverse=True)  # (U,)
+        uniq, inv = torch.unique(idx[valid], return_inverse=True)  # (U,), sorted
         coef = logits.new_zeros((B, uniq.shape[0]))
         coef.index_put_((rows, inv), a[valid], accumulate=True)
         step = logits.new_zeros((B, V))
         block = max(1, (self.budget_bytes // 2) // max(1, V * logits.element_size()))
-        for u0 in range(0, uniq.shape[0], block):
+        if probs is not None:
+            # Σ_k a_k p_k from the cached rows, part by part (uniq is sorted, so each part's
+            # neighbours are a contiguous range of it). When most rows of a part are someone's
+            # neighbour, multiplying by the whole part beats copying the rows out of it.
+            start = 0
+            for part in probs:
+                n = part.shape[0]
+                lo_u, hi_u = (int(i) for i in torch.searchsorted(uniq, torch.tensor([start, start + n],
+                                                                                    device=uniq.device)))
+                if 2 * (hi_u - lo_u) > n:
+                    dense = logits.new_zeros((B, n))
+                    dense.index_copy_(1, uniq[lo_u:hi_u] - start, coef[:, lo_u:hi_u])
+                    step.addmm_(dense, part)
+                else:
+                    for u0 in range(lo_u, hi_u, block):
+                        u1 = min(hi_u, u0 + block)
+                        step.addmm_(coef[:, u0:u1], part.index_select(0, uniq[u0:u1] - start))
+                start += n
+        for u0 in range(0, 0 if probs is not None else uniq.shape[0], block):
             z = keys[uniq[u0:u0 + block]] @ weight.T  # (u, V) neighbour logits under W₀
             if bias is not None:
                 z += bias

@@ -54,6 +54,13 @@ class MbPASettings:
     lr: float = 0.3
     l2: float = 0.5
     eps: float = 1e-3
+    # Score MbPA on every n-th target only (the memory still sees every step): the +mbpa
+    # variants are then estimated on that sample, and the model and +cache are also
+    # reported on it ("model@sample", "+cache@sample") for a like-for-like comparison.
+    stride: int = 1
+
+
+SAMPLE = "@sample"  # suffix of the variants restricted to the MbPA-scored targets
 
 
 @dataclass
@@ -116,10 +123,15 @@ def cache_log_probs(H: torch.Tensor, Y: torch.Tensor, s: CacheSettings, chunk: i
 
 def mbpa_log_probs(H: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    s: MbPASettings, default_size: int, chunk: int = 256, progress: bool = False) -> torch.Tensor:
-    """``log p_mbpa(y_t)`` over a stream, the memory starting empty; the weights are not changed."""
+    """``log p_mbpa(y_t)`` over a stream, the memory starting empty; the weights are not changed.
+    With ``s.stride > 1`` only targets ``0, stride, 2·stride, …`` are scored (the rest are NaN)."""
+    if s.stride < 1:
+        raise UserError(f"mbpa stride must be a positive integer, got {s.stride}")
     mbpa = MbPA(size=s.size or default_size, k=s.k, steps=s.steps, lr=s.lr, l2=s.l2, eps=s.eps)
     W, b = weight.detach().float(), None if bias is None else bias.detach().float()
-    parts = [mbpa.log_prob(H[i : i + chunk], Y[i : i + chunk], W, b)
+    pos = torch.arange(Y.numel(), device=Y.device)
+    parts = [mbpa.log_prob(H[i : i + chunk], Y[i : i + chunk], W, b,
+                           mask=None if s.stride == 1 else pos[i : i + chunk] % s.stride == 0)
              for i in tqdm(range(0, Y.numel(), chunk), desc="mbpa", leave=False, disable=not progress)]
     return torch.cat(parts)
 
@@ -134,7 +146,18 @@ def variant_log_probs(lp: torch.Tensor, lp_cache: torch.Tensor | None, lp_mbpa: 
         out["+mbpa"] = mix_log_probs(lp, (lam_mbpa, lp_mbpa))
     if lp_cache is not None and lp_mbpa is not None:
         out["+cache+mbpa"] = mix_log_probs(lp, (lam_cache, lp_cache), (lam_mbpa, lp_mbpa))
-    return out
+    return with_sample_variants(out, lp_mbpa)
+
+
+def with_sample_variants(lps: dict[str, torch.Tensor], lp_mbpa: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """When MbPA scored only a sample of the targets (NaN elsewhere), add the model and
+    +cache restricted to that sample (``name@sample``), so that every variant can be compared
+    on the same targets. :func:`bucket_results` skips NaN targets."""
+    if lp_mbpa is None or not bool(torch.isnan(lp_mbpa).any()):
+        return lps
+    skipped = torch.isnan(lp_mbpa)
+    extra = {name + SAMPLE: lp.masked_fill(skipped, float("nan")) for name, lp in lps.items() if "mbpa" not in name}
+    return {**lps, **extra}
 
 
 def bucket_results(lps: dict[str, torch.Tensor], Y: torch.Tensor, train_counts: torch.Tensor,
@@ -143,7 +166,8 @@ def bucket_results(lps: dict[str, torch.Tensor], Y: torch.Tensor, train_counts: 
     out = {}
     for name, lp in lps.items():
         acc = BucketedNLL.from_counts(train_counts, edges)
-        acc.add(-lp.cpu(), Y.cpu())
+        scored = ~torch.isnan(lp)  # a sampled variant (MbPA stride > 1) scores only some targets
+        acc.add(-lp[scored].cpu(), Y[scored].cpu())
         out[name] = acc.result()
     return out
 

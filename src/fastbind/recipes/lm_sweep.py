@@ -12,6 +12,12 @@ size of the cache. Writes ``RUN_DIR/sweep-<split>.json`` and ``sweep-<split>.md`
     fastbind lm-sweep runs/ptb-hebb
     fastbind lm-sweep runs/ptb-hebb mbpa=false                  # cache only
     fastbind lm-sweep runs/ptb-hebb max_tokens=20000 ks=[1024] steps=[1]
+    fastbind lm-sweep runs/wt2-hebb mbpa_stride=10              # MbPA on every 10th target
+
+MbPA costs far more than the cache (one step: a ``V``-sized distribution per neighbour;
+two steps: ``O(K·V·d)`` per target), so on a CPU ``mbpa_stride`` / ``test_mbpa_stride``
+estimate the MbPA variants from a systematic sample of the targets while the memory still
+reads every step; the model and cache are then also reported on that sample.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from tqdm.auto import tqdm
 from fastbind.errors import UserError
 from fastbind.memory import mix_log_probs
 from fastbind.recipes.lm_eval import (
-    CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, load_run,
-    mbpa_log_probs,
+    SAMPLE, CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, load_run,
+    mbpa_log_probs, with_sample_variants,
 )
 from fastbind.training.checkpoint import atomic_write
 from fastbind.training.config import parse_cli
@@ -54,9 +60,13 @@ class SweepConfig:
     lr: float = 0.3
     l2: float = 0.5
     eps: float = 1e-3
+    # Score MbPA on every n-th target (the memory still sees every step); MbPA and mixture
+    # settings are then chosen on that sample, the cache settings on every target.
+    mbpa_stride: int = 1
     memory_chunk: int = 256
     apply_test: bool = True  # evaluate the best settings on the test split
     test_max_tokens: int = 0
+    test_mbpa_stride: int = 1  # the same sampling of MbPA on the test split
     progress: bool = True
 
 
@@ -70,6 +80,11 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
         raise UserError(f"split must be valid, test or train, got {cfg.split!r}")
     if not cfg.thetas or not cfg.cache_lambdas or not cfg.sizes:
         raise UserError("thetas, cache_lambdas and sizes must each have at least one value")
+    if cfg.mbpa and (not cfg.mbpa_lambdas or not cfg.ks or not cfg.steps):
+        raise UserError("mbpa_lambdas, ks and steps must each have at least one value (or mbpa=false)")
+    for name in ("mbpa_stride", "test_mbpa_stride"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
@@ -82,12 +97,14 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     lp_mbpa: dict[tuple[int, int, int], torch.Tensor] = {}
     if cfg.mbpa:
         for size, k, steps in itertools.product(cfg.sizes, cfg.ks, cfg.steps):
-            s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps)
-            lp_mbpa[(size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk)
+            s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps,
+                             stride=cfg.mbpa_stride)
+            lp_mbpa[(size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk)[::cfg.mbpa_stride]
             bar.update(1)
     bar.close()
 
     model_nll = _nll(LP)
+    LP_s = LP[::cfg.mbpa_stride]  # the MbPA-scored targets
     cache_rows = []
     for (size, theta), lpc in lp_cache.items():
         for lam in cfg.cache_lambdas:
@@ -98,15 +115,17 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     for (size, k, steps), lpm in lp_mbpa.items():
         for lam_m in cfg.mbpa_lambdas:
             mbpa_rows.append({"size": size, "k": k, "steps": steps, "lambda": lam_m,
-                              "ppl": math.exp(_nll(mix_log_probs(LP, (lam_m, lpm))))})
+                              "ppl": math.exp(_nll(mix_log_probs(LP_s, (lam_m, lpm))))})
             for theta, lam_c in itertools.product(cfg.thetas, cfg.cache_lambdas):
                 if lam_c + lam_m >= 1:
                     continue
-                lp = mix_log_probs(LP, (lam_c, lp_cache[(size, theta)]), (lam_m, lpm))
+                lp = mix_log_probs(LP_s, (lam_c, lp_cache[(size, theta)][::cfg.mbpa_stride]), (lam_m, lpm))
                 mix_rows.append({"size": size, "theta": theta, "cache_lambda": lam_c, "k": k, "steps": steps,
                                  "mbpa_lambda": lam_m, "ppl": math.exp(_nll(lp))})
     result = {
         "split": cfg.split, "tokens": int(Y.numel()), "step": int(ck["step"]), "model_ppl": math.exp(model_nll),
+        "mbpa_stride": cfg.mbpa_stride, "mbpa_tokens": int(LP_s.numel()) if cfg.mbpa else 0,
+        "model_ppl_mbpa_tokens": math.exp(_nll(LP_s)) if cfg.mbpa else None,
         "best_cache": best_cache, "best_mbpa": min(mbpa_rows, key=lambda r: r["ppl"]) if mbpa_rows else None,
         "best_mixture": min(mix_rows, key=lambda r: r["ppl"]) if mix_rows else None,
         "grid": {"cache": cache_rows, "mbpa": mbpa_rows, "mixture": mix_rows},
@@ -141,7 +160,8 @@ def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "
 
     def mbpa_lp(size: int, k: int, steps: int) -> torch.Tensor:
         if ("mbpa", size, k, steps) not in done:
-            s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps)
+            s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps,
+                             stride=cfg.test_mbpa_stride)
             done[("mbpa", size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk, cfg.progress)
         return done[("mbpa", size, k, steps)]
 
@@ -154,11 +174,14 @@ def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "
         lps["+cache+mbpa"] = mix_log_probs(LP, (bx["cache_lambda"], cache_lp(bx["size"], bx["theta"])),
                                            (bx["mbpa_lambda"], mbpa_lp(bx["size"], bx["k"], bx["steps"])))
         settings["+cache+mbpa"] = bx
+    if bm is not None:
+        lps = with_sample_variants(lps, done[("mbpa", bm["size"], bm["k"], bm["steps"])])
     results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
-    variants = {name: {**r, "settings": settings[name]} for name, r in results.items()}
+    variants = {name: {**r, "settings": settings[name.removesuffix(SAMPLE)]} for name, r in results.items()}
     out = {**{k: v for k, v in variants["model"].items() if k != "settings"}, "variants": variants,
            "split": split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]), "edges": list(train_cfg.buckets),
-           "head": train_cfg.model.head, "data": train_cfg.data, "tuned_on": cfg.split}
+           "head": train_cfg.model.head, "data": train_cfg.data, "tuned_on": cfg.split,
+           "mbpa_stride": cfg.test_mbpa_stride}
     path = run_dir / f"eval-{split}.json"
     atomic_write(path, lambda fh: fh.write(json.dumps(out, indent=2).encode()))
     out["path"] = str(path)
@@ -166,8 +189,11 @@ def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "
 
 
 def sweep_markdown(r: dict) -> str:
-    lines = [f"Sweep on {r['split']} ({r['tokens']:,} tokens, checkpoint step {r['step']})", "",
-             "| setting | ppl |", "|---|---|", f"| model | {r['model_ppl']:.2f} |"]
+    lines = [f"Sweep on {r['split']} ({r['tokens']:,} tokens, checkpoint step {r['step']})", ""]
+    if r.get("mbpa_stride", 1) > 1 and r["best_mbpa"]:
+        lines += [f"MbPA and the mixture scored on every {r['mbpa_stride']}th target ({r['mbpa_tokens']:,} "
+                  f"tokens; model ppl on them {r['model_ppl_mbpa_tokens']:.2f}); the rest on all.", ""]
+    lines += ["| setting | ppl |", "|---|---|", f"| model | {r['model_ppl']:.2f} |"]
     c = r["best_cache"]
     lines.append(f"| +cache (size {c['size']}, θ {c['theta']}, λ {c['lambda']}) | {c['ppl']:.2f} |")
     if r["best_mbpa"]:
