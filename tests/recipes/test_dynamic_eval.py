@@ -103,9 +103,9 @@ def test_lm_eval_mbpa_stride_scores_a_sample(run):
 def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
     args = ["lm-sweep", str(run), "progress=false", "max_tokens=400", "test_max_tokens=300", "thetas=[0.5]",
             "cache_lambdas=[0.2]", "sizes=[200]", "mbpa_lambdas=[0.05,0.1]", "ks=[8]", "steps=[1]",
-            "mbpa_stride=4", "test_mbpa_stride=2"]
+            "mbpa_stride=4", "test_mbpa_stride=2", "tag=strided"]
     assert cli(args) == 0
-    s = json.loads((run / "sweep-valid.json").read_text())
+    s = json.loads((run / "sweep-valid-strided.json").read_text())
     assert s["mbpa_stride"] == 4 and s["mbpa_tokens"] == 100
     _, model, corpus, _ = load_run(run)
     H, Y, LP = collect_stream(model, corpus.valid, bptt=100, device=torch.device("cpu"), max_tokens=400)
@@ -115,13 +115,13 @@ def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
     row = next(r for r in s["grid"]["mbpa"] if r["lambda"] == 0.1)
     assert math.isclose(row["ppl"], math.exp(-(0.9 * p + 0.1 * pm).log().mean().item()), rel_tol=1e-4)
     assert math.isclose(s["model_ppl_mbpa_tokens"], math.exp(-p.log().mean().item()), rel_tol=1e-4)
-    assert "every 4th target" in (run / "sweep-valid.md").read_text()
-    t = json.loads((run / "eval-test.json").read_text())
+    assert "every 4th target" in (run / "sweep-valid-strided.md").read_text()
+    t = json.loads((run / "eval-test-strided.json").read_text())
     assert t["variants"]["+mbpa"]["tokens"] == t["variants"]["model@sample"]["tokens"] == 150
     assert t["variants"]["model"]["tokens"] == 300 and t["mbpa_stride"] == 2
 
 
-@pytest.mark.parametrize("arg", ["mbpa_stride=0", "test_mbpa_stride=-1", "ks=[]"])
+@pytest.mark.parametrize("arg", ["mbpa_stride=0", "test_mbpa_stride=-1", "ks=[]", "tag=a/b"])
 def test_sweep_bad_settings(run, arg, capsys):
     assert cli(["lm-sweep", str(run), "progress=false", arg]) == 2
     err = capsys.readouterr().err

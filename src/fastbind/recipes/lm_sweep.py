@@ -65,6 +65,7 @@ class SweepConfig:
     mbpa_stride: int = 1
     memory_chunk: int = 256
     apply_test: bool = True  # evaluate the best settings on the test split
+    tag: str = ""  # suffix of the output files (sweep-valid-TAG.json, eval-test-TAG.json) to keep several sweeps
     test_max_tokens: int = 0
     test_mbpa_stride: int = 1  # the same sampling of MbPA on the test split
     progress: bool = True
@@ -82,6 +83,8 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
         raise UserError("thetas, cache_lambdas and sizes must each have at least one value")
     if cfg.mbpa and (not cfg.mbpa_lambdas or not cfg.ks or not cfg.steps):
         raise UserError("mbpa_lambdas, ks and steps must each have at least one value (or mbpa=false)")
+    if cfg.tag and not all(c.isalnum() or c in "-_." for c in cfg.tag):
+        raise UserError(f"tag may hold only letters, digits, '-', '_' and '.', got {cfg.tag!r}")
     for name in ("mbpa_stride", "test_mbpa_stride"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
@@ -130,10 +133,11 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
         "best_mixture": min(mix_rows, key=lambda r: r["ppl"]) if mix_rows else None,
         "grid": {"cache": cache_rows, "mbpa": mbpa_rows, "mixture": mix_rows},
     }
-    out = run_dir / f"sweep-{cfg.split}.json"
+    suffix = f"-{cfg.tag}" if cfg.tag else ""
+    out = run_dir / f"sweep-{cfg.split}{suffix}.json"
     atomic_write(out, lambda fh: fh.write(json.dumps(result, indent=2).encode()))
     md = sweep_markdown(result)
-    atomic_write(run_dir / f"sweep-{cfg.split}.md", lambda fh: fh.write(md.encode()))
+    atomic_write(run_dir / f"sweep-{cfg.split}{suffix}.md", lambda fh: fh.write(md.encode()))
     result["markdown"] = md
     if cfg.apply_test:
         result["test"] = apply_to_split(run_dir, result, cfg, "test")
@@ -182,7 +186,7 @@ def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "
            "split": split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]), "edges": list(train_cfg.buckets),
            "head": train_cfg.model.head, "data": train_cfg.data, "tuned_on": cfg.split,
            "mbpa_stride": cfg.test_mbpa_stride}
-    path = run_dir / f"eval-{split}.json"
+    path = run_dir / f"eval-{split}{'-' + cfg.tag if cfg.tag else ''}.json"
     atomic_write(path, lambda fh: fh.write(json.dumps(out, indent=2).encode()))
     out["path"] = str(path)
     return out
