@@ -169,3 +169,14 @@ def test_cli_errors(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixt
 
     with pytest.raises(UserError, match="no run folders"):
         build_report([], tmp_path)
+
+
+def test_table_shows_tokens_when_variants_score_different_targets() -> None:
+    base = {"run": "r", "data": "ptb", "head": "softmax", "steps": 5, "best_val_ppl": 10.0}
+    rows = [{**base, "ppl": 100.0, "tokens": 1000, "buckets": {}},
+            {**base, "run": "r +mbpa", "ppl": 90.0, "tokens": 250, "buckets": {}},
+            {**base, "run": "r model@sample", "ppl": 95.0, "tokens": 250, "buckets": {}}]
+    lines = markdown_table(rows, []).splitlines()
+    assert lines[0] == "| run | data | head | steps | valid ppl (best) | tokens | test ppl |"
+    assert lines[3] == "| r +mbpa | ptb | softmax | 5 | 10.0 | 250 | 90.0 |"
+    assert "tokens" not in markdown_table(rows[:1], []).splitlines()[0]

@@ -255,7 +255,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], bucket_names: Sequence[str], 
 
     Args:
         rows: Dicts with ``run``, ``data``, ``head``, ``steps``, ``best_val_ppl``, ``ppl``
-            and ``buckets`` (bucket name to perplexity); missing keys print as ``–``.
+            and ``buckets`` (bucket name to perplexity); missing keys print as ``–``. When
+            the rows' ``tokens`` differ, a ``tokens`` column shows them.
         bucket_names: The bucket columns, in order.
         split: Name of the evaluated split for the header; default: the rows' ``split``
             key, else ``test``.
@@ -265,7 +266,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], bucket_names: Sequence[str], 
     """
     if split is None:
         split = next((r["split"] for r in rows if r.get("split")), "test")
-    header = ["run", "data", "head", "steps", "valid ppl (best)", f"{split} ppl", *bucket_names]
+    # Rows scored on different targets (e.g. MbPA on a sample, "@sample" variants) say how many.
+    show_tokens = len({row.get("tokens") for row in rows} - {None}) > 1
+    header = ["run", "data", "head", "steps", "valid ppl (best)", *(["tokens"] if show_tokens else []),
+              f"{split} ppl", *bucket_names]
     align = ["---"] * 3 + ["--:"] * (len(header) - 3)
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
@@ -276,6 +280,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], bucket_names: Sequence[str], 
             _cell(row.get("head")),
             _format_int(row.get("steps")),
             format_ppl(row.get("best_val_ppl")),
+            *([_format_int(row.get("tokens"))] if show_tokens else []),
             format_ppl(row.get("ppl")),
             *(format_ppl(buckets.get(name)) for name in bucket_names),
         ]
