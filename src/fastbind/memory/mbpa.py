@@ -175,9 +175,10 @@ class MbPA:
         mem = self._store.view()
         out = h.new_full((L,), float("nan"))
         sel = torch.arange(L, device=h.device) if mask is None else mask.nonzero()[:, 0]
-        # Base logits of the queries; with the cache those of every row (its entries' distributions).
-        base = F.linear(h if cached else h[sel], weight, bias)
-        chunk_probs = base.softmax(1) if cached else None
+        # With the cache, the base logits of every row of the chunk (its entries' distributions
+        # are stored below); without, each block of queries computes its own.
+        base = F.linear(h, weight, bias) if cached else None
+        chunk_probs = base.softmax(1) if base is not None else None
         n_cols = (0 if mem is None else mem[0].shape[0]) + min(L, self.size)
         for b0, b1 in self._query_blocks(sel.shape[0], V, n_cols, h.element_size()):
             t = sel[b0:b1]
@@ -196,9 +197,8 @@ class MbPA:
                 if parts and parts[0] is mem:
                     assert self._probs is not None  # refreshed above for every stored entry
                     probs.insert(0, self._probs[: mem[0].shape[0]])
-            logits = base[t] if cached else base[b0:b1]
             logits = self._adapted_logits(h[t], keys, vals, pos, N + t - self.size, N + t, weight, bias,
-                                          logits=logits.clone(), probs=probs)
+                                          logits=None if base is None else base.index_select(0, t), probs=probs)
             out[t] = logits.log_softmax(1).gather(1, y[t, None])[:, 0]
         self._store.append(h, y)
         if cached:
