@@ -17,8 +17,6 @@ Writes JSON (default ``benchmarks/out/bench_hebbian.json``) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastbind import HebbianSoftmax, __version__
+from fastbind import HebbianSoftmax
+
+from _common import environment, sync, write_result  # benchmarks/_common.py
 
 
 def zipf_targets(V: int, shape: tuple[int, ...], generator: torch.Generator, s: float = 1.0) -> torch.Tensor:
@@ -35,11 +35,6 @@ def zipf_targets(V: int, shape: tuple[int, ...], generator: torch.Generator, s: 
     p = 1.0 / torch.arange(1, V + 1, dtype=torch.float64) ** s
     return torch.multinomial(p / p.sum(), int(torch.Size(shape).numel()), replacement=True,
                              generator=generator).reshape(shape)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(head: nn.Module, upstream: nn.Module, opt: torch.optim.Optimizer, hebbian: bool):
@@ -109,10 +104,10 @@ def bench_one(V: int, d: int, device: torch.device, reps: int, warmup: int, B: i
         x, y = batches[i % len(batches)]
         order = ("linear", "hebbian") if i % 2 == 0 else ("hebbian", "linear")
         for name in order:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             steps[name](x, y)
-            _sync(device)
+            sync(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
     ratios = [h / l for h, l in zip(times["hebbian"], times["linear"])]
@@ -160,14 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  extra state {r['extra_state_bytes']:,} B  "
                   f"memorize peak {r['memorize_transient_peak_bytes']:,} B", flush=True)
     result = {
-        "benchmark": "hebbian_softmax_training_step", "fastbind": __version__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor(),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "benchmark": "hebbian_softmax_training_step", **environment(device),
         "results": rows,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {a.out}")
+    write_result(a.out, result)
     return 0
 
 

@@ -43,8 +43,6 @@ Writes JSON (default ``benchmarks/out/bench_lm.json``) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -55,7 +53,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastbind import __version__
 from fastbind.data import load_corpus
 from fastbind.data.synthetic import SyntheticConfig
 from fastbind.models.lstm_lm import LMConfig
@@ -63,15 +60,12 @@ from fastbind.recipes.lm_train import LMTrainConfig, train
 from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 
+from _common import environment, sync, write_result  # benchmarks/_common.py
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PTB = REPO.parent / "shared" / "data" / "ptb"
 VARIANTS = ("fastbind_softmax", "plain", "fastbind_hebbian")
 DEFAULT_LR = {"adam": 2e-3, "sgd": 20.0}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------- the plain PyTorch loop
@@ -110,7 +104,7 @@ def run_plain(data: torch.Tensor, V: int, a: argparse.Namespace, device: torch.d
     num_chunks = (data.size(0) - 1 + a.bptt - 1) // a.bptt
     model.train()
     state, total_loss = None, 0.0
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for step in range(a.steps):
         i = (step % num_chunks) * a.bptt
@@ -126,7 +120,7 @@ def run_plain(data: torch.Tensor, V: int, a: argparse.Namespace, device: torch.d
             nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         total_loss += loss.item()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "tokens": a.steps * a.batch * a.bptt, "mean_loss": total_loss / a.steps}
 
@@ -172,10 +166,10 @@ def matmul_times(n: int, reps: int, device: torch.device) -> list[float]:
     torch.mm(x, w)
     times = []
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         torch.mm(x, w)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -296,10 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "out"}
     settings["data"] = data_label
     result = {
-        "benchmark": "lm_train_throughput", "fastbind": __version__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "device": str(device), "machine": platform.machine(),
-        "processor": platform.processor(), "python": platform.python_version(),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "benchmark": "lm_train_throughput", **environment(device),
         "argv": sys.argv[1:] if argv is None else list(argv), "settings": settings,
         "vocab_size": V, "train_corpus_tokens": int(corpus.train.numel()),
         "tokens_per_step": a.batch * a.bptt,
@@ -319,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio fastbind/plain: {ratios['fastbind_over_plain']:.3f} (target >= 1.0; per round "
           + ", ".join(f"{x:.3f}" for x in ratios["fastbind_over_plain_rounds"]) + ")")
     print(f"ratio hebbian/softmax (fastbind): {ratios['hebbian_over_softmax']:.3f}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {a.out}")
+    write_result(a.out, result)
     return 0
 
 

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -54,7 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastbind import MbPA, NeuralCache, __version__, mix_log_probs
+from fastbind import MbPA, NeuralCache, mix_log_probs
+
+from _common import environment, sync, write_result  # benchmarks/_common.py
 
 
 def zipf_targets(V: int, n: int, generator: torch.Generator, s: float = 1.0) -> torch.Tensor:
@@ -63,16 +63,11 @@ def zipf_targets(V: int, n: int, generator: torch.Generator, s: float = 1.0) -> 
     return torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -213,7 +208,7 @@ def bench_dim(V: int, d: int, a: argparse.Namespace, device: torch.device) -> di
         tv.append(timed(lambda: res.__setitem__("v", vec.log_prob(h, y)), device))
         t0 = time.perf_counter()
         lp_loop, count = cache_token_loop(keys, vals, count, a.size, a.theta, h, y)
-        _sync(device)
+        sync(device)
         tl.append(time.perf_counter() - t0)
         fin = torch.isfinite(lp_loop)
         if fin.any():
@@ -228,7 +223,7 @@ def bench_dim(V: int, d: int, a: argparse.Namespace, device: torch.device) -> di
     lp_vec = vec.log_prob(h, y)
     t0 = time.perf_counter()
     lp_pub = cache_public_style(hist_h, hist_onehot, a.size, a.size, a.theta, h[:n_pub], y[:n_pub])
-    _sync(device)
+    sync(device)
     t_pub = (time.perf_counter() - t0) / n_pub
     fin = torch.isfinite(lp_pub)
     if fin.any():
@@ -256,7 +251,7 @@ def bench_dim(V: int, d: int, a: argparse.Namespace, device: torch.device) -> di
     t0 = time.perf_counter()
     lp_naive, _ = mbpa_naive(layer, mem_h.clone(), mem_y.clone(), a.size, a.size, hq[:nq], yq[:nq],
                              a.k, a.lr, a.l2, a.eps)
-    _sync(device)
+    sync(device)
     naive_per_query = (time.perf_counter() - t0) / nq
     row["mbpa_vs_naive"] = []
     for Lm in a.mbpa_chunk:
@@ -386,17 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         print(f"d={d} done", flush=True)
     result = {
-        "benchmark": "memory_eval", "fastbind": __version__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "device": str(device), "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "benchmark": "memory_eval", **environment(device),
         "settings": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(a).items() if k != "out"},
         "results": rows,
     }
     print(tables(rows))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {a.out}")
+    write_result(a.out, result)
     return 0
 
 
