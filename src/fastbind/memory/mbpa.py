@@ -222,9 +222,9 @@ class MbPA:
         cached = mem is not None and self._use_base_cache(V, h)
         if cached:
             self._refresh_base_cache(weight, bias)
+        parts = ([mem[0]], [mem[1]], [mem[2]]) if mem is not None else ([], [], [])
+        probs = [self._probs[:n_cols]] if cached and self._probs is not None else None
         for t0, t1 in self._query_blocks(L, V, n_cols, h.element_size()):
-            parts = ([mem[0]], [mem[1]], [mem[2]]) if mem is not None else ([], [], [])
-            probs = [self._probs[:n_cols]] if cached and self._probs is not None else None
             out[t0:t1] = self._adapted_logits(h[t0:t1], *parts, None, None, weight, bias, probs=probs)
         return out
 

@@ -59,6 +59,10 @@ class MbPASettings:
     # reported on it ("model@sample", "+cache@sample") for a like-for-like comparison.
     stride: int = 1
 
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise UserError(f"mbpa.stride must be a positive integer, got {self.stride}")
+
 
 SAMPLE = "@sample"  # suffix of the variants restricted to the MbPA-scored targets
 
@@ -125,8 +129,6 @@ def mbpa_log_probs(H: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias:
                    s: MbPASettings, default_size: int, chunk: int = 256, progress: bool = False) -> torch.Tensor:
     """``log p_mbpa(y_t)`` over a stream, the memory starting empty; the weights are not changed.
     With ``s.stride > 1`` only targets ``0, stride, 2·stride, …`` are scored (the rest are NaN)."""
-    if s.stride < 1:
-        raise UserError(f"mbpa stride must be a positive integer, got {s.stride}")
     mbpa = MbPA(size=s.size or default_size, k=s.k, steps=s.steps, lr=s.lr, l2=s.l2, eps=s.eps)
     W, b = weight.detach().float(), None if bias is None else bias.detach().float()
     pos = torch.arange(Y.numel(), device=Y.device)

@@ -70,6 +70,19 @@ class SweepConfig:
     test_mbpa_stride: int = 1  # the same sampling of MbPA on the test split
     progress: bool = True
 
+    def __post_init__(self) -> None:  # bad settings fail before the run is loaded
+        if self.split not in ("valid", "test", "train"):
+            raise UserError(f"split must be valid, test or train, got {self.split!r}")
+        if not self.thetas or not self.cache_lambdas or not self.sizes:
+            raise UserError("thetas, cache_lambdas and sizes must each have at least one value")
+        if self.mbpa and (not self.mbpa_lambdas or not self.ks or not self.steps):
+            raise UserError("mbpa_lambdas, ks and steps must each have at least one value (or mbpa=false)")
+        if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
+            raise UserError(f"tag may hold only letters, digits, '-', '_' and '.', got {self.tag!r}")
+        for name in ("mbpa_stride", "test_mbpa_stride"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
 
 def _nll(lp: torch.Tensor) -> float:
     return float(-lp.double().mean())
@@ -77,17 +90,6 @@ def _nll(lp: torch.Tensor) -> float:
 
 def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     _, model, corpus, ck = load_run(run_dir, cfg.checkpoint, cfg.device)
-    if cfg.split not in ("valid", "test", "train"):
-        raise UserError(f"split must be valid, test or train, got {cfg.split!r}")
-    if not cfg.thetas or not cfg.cache_lambdas or not cfg.sizes:
-        raise UserError("thetas, cache_lambdas and sizes must each have at least one value")
-    if cfg.mbpa and (not cfg.mbpa_lambdas or not cfg.ks or not cfg.steps):
-        raise UserError("mbpa_lambdas, ks and steps must each have at least one value (or mbpa=false)")
-    if cfg.tag and not all(c.isalnum() or c in "-_." for c in cfg.tag):
-        raise UserError(f"tag may hold only letters, digits, '-', '_' and '.', got {cfg.tag!r}")
-    for name in ("mbpa_stride", "test_mbpa_stride"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
