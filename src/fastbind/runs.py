@@ -1,0 +1,249 @@
+"""The run folder: the one writer and reader of a run's files.
+
+Every recipe keeps what it produces in a run folder, and every reader (``lm-eval``,
+``lm-sweep``, ``report``) reads it back through :class:`RunFolder`, so each file has one
+layout and one owner::
+
+    RUN_DIR/
+      config.json        the resolved settings of the recipe that made the run
+      metrics.jsonl      one JSON line per logged step (appended; a resumed run continues it)
+      summary.json       the state of training at the end of the last invocation
+      last.pt, best.pt   checkpoints (state_dicts plus context, atomic, rank 0 only)
+      <name>.json        results: eval-test.json, sweep-valid.json, curriculum.json, ...
+      <name>.md, .png    human-readable renderings of results
+      <sub>/             sub-runs (one combination of a sweep over settings each)
+
+Example::
+
+    run = RunFolder("runs/ptb-hebb")
+    run.save_config(cfg)                      # config.json
+    with run.metrics_writer() as log:
+        log.log(step, {"val/ppl": 123.4})
+    run.save_checkpoint("last", state)        # last.pt
+    run.write_summary({"step": step, ...})    # summary.json
+    run.write_result("eval-test", result)     # eval-test.json
+    cfg = run.load_config(LMTrainConfig)      # UserError when it is not a run folder
+
+Only the primary rank writes (``writer=False`` elsewhere, or the distributed helper's
+``is_primary``); every file is written atomically, so a reader never sees half a file and
+an interrupted write leaves the previous version in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastbind._io import atomic_write
+from fastbind.errors import UserError
+from fastbind.training import distributed
+from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
+from fastbind.training.config import from_dict, to_dict
+from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
+
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "metrics_by_step"]
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+C = TypeVar("C")
+
+
+class RunFolder:
+    """A run folder on disk (it need not exist yet).
+
+    Args:
+        path: The folder.
+        writer: Whether this process writes; default: the primary rank of a distributed
+            job (every process when not distributed).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, writer: bool | None = None) -> None:
+        self.path = Path(path)
+        self.writer = distributed.is_primary() if writer is None else bool(writer)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def name(self) -> str:
+        """The folder's own name (resolved for ``.`` and ``..``)."""
+        name = self.path.name
+        if name in ("", ".", ".."):
+            name = self.path.resolve().name or str(self.path)
+        return name
+
+    # ------------------------------------------------------------------ existence
+
+    def exists(self) -> bool:
+        """True when the folder holds a run (a ``config.json``)."""
+        return (self.path / CONFIG_FILE).is_file()
+
+    def require(self) -> RunFolder:
+        """Raise :class:`UserError` unless the folder exists and holds a run; returns self."""
+        if not self.path.exists():
+            raise UserError(f"run folder {self.path} does not exist")
+        if not self.path.is_dir():
+            raise UserError(f"{self.path} is not a folder")
+        if not self.exists():
+            raise UserError(f"{self.path} is not a run folder (no {CONFIG_FILE})")
+        return self
+
+    # ------------------------------------------------------------------ config
+
+    def save_config(self, cfg: Any) -> Path | None:
+        """Write the resolved settings (a config dataclass) as ``config.json``."""
+        return self._write_json(CONFIG_FILE, to_dict(cfg))
+
+    def config_dict(self) -> dict[str, Any] | None:
+        """``config.json`` as a dict, or None when there is none."""
+        return self._read_object(CONFIG_FILE)
+
+    def load_config(self, cls: type[C]) -> C:
+        """``config.json`` as a ``cls`` instance; UserError when missing or invalid."""
+        self.require()
+        data = self.config_dict()
+        assert data is not None
+        return from_dict(cls, data)
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics_writer(self, tensorboard: bool | None = None) -> MetricsWriter:
+        """A writer appending to ``metrics.jsonl`` (a no-op on non-writing ranks)."""
+        return MetricsWriter(self.path, tensorboard=tensorboard if self.writer else False)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The logged lines merged by step (see :func:`metrics_by_step`); [] without a file."""
+        path = self.path / METRICS_FILE
+        return list(metrics_by_step(read_metrics(path)).values()) if path.is_file() else []
+
+    def has_metrics(self) -> bool:
+        return (self.path / METRICS_FILE).is_file()
+
+    # ------------------------------------------------------------------ summary
+
+    def write_summary(self, summary: dict[str, Any]) -> Path | None:
+        """Write ``summary.json`` (the state at the end of this invocation)."""
+        return self._write_json(SUMMARY_FILE, summary)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return self._read_object(SUMMARY_FILE)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.path / f"{name}.pt"
+
+    def has_checkpoint(self, name: str) -> bool:
+        return self.checkpoint_path(name).is_file()
+
+    def save_checkpoint(self, name: str, state: dict[str, Any]) -> Path | None:
+        """Write ``<name>.pt`` atomically (plain state only; see :mod:`fastbind.training.checkpoint`)."""
+        if not self.writer:
+            return None
+        return save_checkpoint(self.checkpoint_path(name), state)
+
+    def load_checkpoint(self, name: str, *, fallback: str | None = None) -> tuple[dict[str, Any], Path]:
+        """``(state, path)`` of ``<name>.pt``, or of ``<fallback>.pt`` when that is absent.
+
+        Raises:
+            UserError: Neither exists, or the file is corrupt.
+        """
+        path = self.checkpoint_path(name)
+        if not path.is_file() and fallback is not None and self.has_checkpoint(fallback):
+            path = self.checkpoint_path(fallback)
+        if not path.is_file():
+            raise UserError(f"{self.path} has no checkpoint {name}.pt")
+        return load_checkpoint(path), path
+
+    # ------------------------------------------------------------------ results
+
+    def result_path(self, name: str) -> Path:
+        return self.path / f"{name}.json"
+
+    def write_result(self, name: str, data: dict[str, Any]) -> Path | None:
+        """Write a result object as ``<name>.json`` (e.g. ``eval-test``, ``curriculum``)."""
+        return self._write_json(f"{name}.json", data)
+
+    def read_result(self, name: str) -> dict[str, Any] | None:
+        """The object in ``<name>.json``, or None when there is none."""
+        return self._read_object(f"{name}.json")
+
+    def result_names(self, pattern: str = "*") -> list[str]:
+        """Names (without ``.json``) of the result files matching ``pattern``, sorted."""
+        skip = {CONFIG_FILE, SUMMARY_FILE}
+        return sorted(p.stem for p in self.path.glob(f"{pattern}.json") if p.is_file() and p.name not in skip)
+
+    def write_text(self, name: str, text: str) -> Path | None:
+        """Write a text file (markdown tables and the like)."""
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_bytes(self, name: str, blob: bytes) -> Path | None:
+        """Write a binary file (figures)."""
+        if not self.writer:
+            return None
+        return atomic_write(self.path / name, lambda fh: fh.write(blob))
+
+    # ------------------------------------------------------------------ sub-runs
+
+    def sub(self, name: str) -> RunFolder:
+        """The sub-run ``<path>/<name>`` (one combination of settings of a multi-run recipe)."""
+        return RunFolder(self.path / name, writer=self.writer)
+
+    def subruns(self) -> list[RunFolder]:
+        """Sub-folders holding a run, sorted by name."""
+        if not self.path.is_dir():
+            return []
+        return [RunFolder(p, writer=self.writer) for p in sorted(self.path.iterdir())
+                if p.is_dir() and (p / CONFIG_FILE).is_file()]
+
+    # ------------------------------------------------------------------ internals
+
+    def _write_json(self, name: str, data: Any) -> Path | None:
+        if not self.writer:
+            return None
+        text = json.dumps(data, indent=2) + "\n"
+        return atomic_write(self.path / name, lambda fh: fh.write(text.encode("utf-8")))
+
+    def _read_object(self, name: str) -> dict[str, Any] | None:
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"cannot parse {str(path)!r}: {exc}") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{str(path)!r} must contain a JSON object")
+        return data
+
+
+def metrics_by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Merge metric lines into one dict per step; later lines win.
+
+    A resumed run appends to the same file and repeats the steps after its last
+    checkpoint. When the step goes backwards, entries from the step it restarts at
+    onwards are dropped, so lines of the interrupted attempt that the resumed one has
+    not reached yet do not linger.
+    """
+    merged: dict[int, dict[str, Any]] = {}
+    last = -math.inf
+    for row in rows:
+        step = row.get("step")
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            continue
+        step = int(step)
+        if step < last:
+            for s in [s for s in merged if s >= step]:
+                del merged[s]
+        last = step
+        merged.setdefault(step, {}).update(row)
+    return dict(sorted(merged.items()))
