@@ -10,11 +10,13 @@ import pytest
 
 from fastbind.errors import UserError
 from fastbind.training.config import (
+    alias,
     apply_overrides,
     format_help,
     from_dict,
     load_config_file,
     parse_cli,
+    resolve_key,
     save_config,
     to_dict,
 )
@@ -315,3 +317,79 @@ def test_format_help_lists_keys() -> None:
     text = format_help(RunCfg)
     assert "model.hidden: int = 256" in text
     assert "head: Literal['softmax', 'hebbian'] = \"softmax\"" in text
+
+
+# ----------------------------------------------------------------------------- aliases
+
+
+@dataclasses.dataclass
+class MemCfg:
+    lam: float = alias("lambda", default=0.0)
+    size: int = 100
+
+
+@dataclasses.dataclass
+class AliasCfg:
+    model: ModelCfg = alias("hidden", "tied", default_factory=ModelCfg)
+    optim: OptCfg = alias("lr", default_factory=OptCfg)
+    cache: MemCfg = dataclasses.field(default_factory=MemCfg)
+    seed: int = alias("s", default=0)
+
+
+def test_alias_sets_the_field_and_saves_under_the_field_name() -> None:
+    cfg = apply_overrides(AliasCfg(), ["cache.lambda=0.25", "hidden=64", "lr=1e-3", "tied=false", "s=3"])
+    assert (cfg.cache.lam, cfg.model.hidden, cfg.optim.lr, cfg.model.tied, cfg.seed) == (0.25, 64, 1e-3, False, 3)
+    data = to_dict(cfg)
+    assert data["cache"] == {"lam": 0.25, "size": 100} and "lambda" not in json.dumps(data)
+    assert from_dict(AliasCfg, json.loads(json.dumps(data))) == cfg  # saved configs load back
+    # The field names keep working, and later overrides win whichever spelling they use.
+    cfg = apply_overrides(AliasCfg(), ["cache.lam=0.1", "model.hidden=8", "hidden=9", "cache.lambda=0.2"])
+    assert (cfg.cache.lam, cfg.model.hidden) == (0.2, 9)
+    cfg, rest = parse_cli(["run", "cache.lambda=0.5", "lr=0.1"], AliasCfg)
+    assert (cfg.cache.lam, cfg.optim.lr, rest) == (0.5, 0.1, ["run"])
+
+
+def test_resolve_key() -> None:
+    assert resolve_key(AliasCfg, "hidden") == "model.hidden"
+    assert resolve_key(AliasCfg, "cache.lambda") == "cache.lam"
+    assert resolve_key(AliasCfg, "s") == "seed"
+    assert resolve_key(AliasCfg, "model.dropout") == "model.dropout"
+    assert resolve_key(AliasCfg, "nope.x") == "nope.x"  # unknown keys come back unchanged
+
+
+def test_alias_errors_name_the_typed_key() -> None:
+    with pytest.raises(UserError, match="bad value for 'cache.lambda'"):
+        apply_overrides(AliasCfg(), ["cache.lambda=much"])
+    with pytest.raises(UserError, match="bad value for 'hidden'"):
+        apply_overrides(AliasCfg(), ["hidden=big"])
+    with pytest.raises(UserError, match="did you mean 'cache.lambda'"):
+        apply_overrides(AliasCfg(), ["cache.lambdaa=1"])
+    with pytest.raises(UserError, match="unknown key 'dropout'"):
+        apply_overrides(AliasCfg(), ["dropout=0.1"])  # only declared short keys reach into a section
+
+
+def test_format_help_shows_the_keys_users_type() -> None:
+    lines = format_help(AliasCfg).splitlines()
+    assert "cache.lambda: float = 0.0" in lines
+    assert "model.hidden (or hidden): int = 256" in lines
+    assert "optim.lr (or lr): float = 0.002" in lines
+    assert "s: int = 0" in lines
+    assert "model.dropout: float = 0.3" in lines
+    assert not any(line.startswith(("cache.lam:", "seed:")) for line in lines)
+
+
+def test_alias_declaration_errors() -> None:
+    @dataclasses.dataclass
+    class Clash:
+        a: int = alias("b", default=0)
+        b: int = 0
+
+    @dataclasses.dataclass
+    class Missing:
+        model: ModelCfg = alias("nope", default_factory=ModelCfg)
+
+    for cls in (Clash, Missing):
+        with pytest.raises(TypeError):
+            apply_overrides(cls(), ["a=1"] if cls is Clash else ["model.hidden=1"])
+    with pytest.raises(TypeError):
+        alias("a.b", default=0)

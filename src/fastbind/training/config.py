@@ -39,6 +39,13 @@ Example (config classes live at module level, e.g. beside their recipe)::
     apply_overrides(cfg, ["model.hiden=1"])
     # UserError: unknown key 'model.hiden' (did you mean 'model.hidden'?)
 
+Other names for a key are declared on the field with :func:`alias` (one mechanism for both
+uses): on a plain field they are other spellings of it (``lam = alias("lambda", default=0.0)``
+lets users type ``cache.lambda=``, ``lambda`` being a Python keyword); on a section they are
+short keys for settings inside it (``model = alias("head", "T", default_factory=Model)``
+lets users type ``head=`` for ``model.head``). Overrides accept them, ``--help`` shows them,
+and ``to_dict`` keeps the field names, so saved configs do not depend on them.
+
 Command lines look like ``[--config FILE] [key=value ...] [positional ...]``; the layers
 apply in that order (defaults, then the file, then the overrides, later overrides win).
 Anything after a bare ``--`` is positional even if it contains ``=``.
@@ -67,11 +74,13 @@ from fastbind.errors import UserError
 from fastbind.training.checkpoint import atomic_write
 
 __all__ = [
+    "alias",
     "apply_overrides",
     "format_help",
     "from_dict",
     "load_config_file",
     "parse_cli",
+    "resolve_key",
     "save_config",
     "to_dict",
 ]
@@ -126,7 +135,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key (sections and leaves) of a config class, for suggestions."""
+    """Every dotted key (sections and leaves, aliases included) of a config class, for suggestions."""
     keys: list[str] = []
     hints = _hints(cls)
     for f in _init_fields(cls):
@@ -135,7 +144,116 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
         sub = _dataclass_in(hints[f.name])
         if sub is not None:
             keys.extend(_all_keys(sub, key + "."))
+    keys += [prefix + name for name in _alias_map(cls)]
     return keys
+
+
+# --------------------------------------------------------------------------- aliases
+
+_ALIASES = "fastbind.config.aliases"  # dataclass field metadata key
+
+
+def alias(*names: str, **field_kwargs: Any) -> Any:
+    """A dataclass field that ``key=value`` overrides also reach under other ``names``.
+
+    A name is a key at the level of the class that declares the field. On a plain field it
+    stands for the field itself; on a section (a nested dataclass) it stands for the
+    section's own key of the same name, so a setting people change often gets a short key::
+
+        @dataclass
+        class Cache:
+            lam: float = alias("lambda", default=0.0)     # cache.lambda=0.1 sets cache.lam
+
+        @dataclass
+        class Train:
+            model: Model = alias("head", "T", default_factory=Model)   # head=hebbian sets model.head
+            cache: Cache = field(default_factory=Cache)
+
+    :func:`apply_overrides` and :func:`parse_cli` accept the names, :func:`format_help`
+    shows them (a plain field's first name is how its key is shown), and :func:`to_dict`
+    and config files keep the field names.
+
+    Args:
+        *names: The other names (no dots); they must not clash with a field or another
+            alias of the same class.
+        **field_kwargs: Passed to :func:`dataclasses.field` (``default=``,
+            ``default_factory=``, ``metadata=`` ...).
+    """
+    if not names:
+        raise TypeError("alias() needs at least one name")
+    for name in names:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TypeError(f"an alias must be a single key without dots, got {name!r}")
+    metadata = {**(field_kwargs.pop("metadata", None) or {}), _ALIASES: tuple(names)}
+    return dataclasses.field(metadata=metadata, **field_kwargs)
+
+
+@functools.cache
+def _alias_map(cls: type) -> dict[str, str]:
+    """Alias -> the dotted path (relative to ``cls``) it stands for, for one config class."""
+    hints = _hints(cls)
+    fields = {f.name for f in _init_fields(cls)}
+    out: dict[str, str] = {}
+    for f in _init_fields(cls):
+        sub = _dataclass_in(hints[f.name])
+        for name in f.metadata.get(_ALIASES, ()):
+            if name in fields or name in out:
+                raise TypeError(f"{cls.__qualname__}: alias {name!r} of {f.name!r} clashes with a field or alias")
+            if sub is not None and name not in {g.name for g in _init_fields(sub)} and name not in _alias_map(sub):
+                raise TypeError(f"{cls.__qualname__}.{f.name}: {sub.__qualname__} has no key {name!r} to alias")
+            out[name] = f"{f.name}.{name}" if sub is not None else f.name
+    return out
+
+
+def resolve_key(cls: type, key: str) -> str:
+    """The field path a dotted key stands for, aliases resolved (``head`` -> ``model.head``).
+
+    Parts that name nothing are kept as they are, so an unknown key comes back unchanged
+    (and :func:`apply_overrides` reports it).
+    """
+    todo = key.split(".")
+    out: list[str] = []
+    current: type | None = cls
+    while todo:
+        part = todo.pop(0)
+        if current is not None:
+            fields = {f.name for f in _init_fields(current)}
+            aliases = _alias_map(current)  # also checks the declarations
+            if part not in fields and part in aliases:
+                part, *rest = aliases[part].split(".")
+                todo = rest + todo
+            current = _dataclass_in(_hints(current)[part]) if part in fields else None
+        out.append(part)
+    return ".".join(out)
+
+
+def _spellings(root: type) -> dict[str, list[str]]:
+    """Field path of every leaf -> every key users can type for it, the field path first."""
+    out: dict[str, list[str]] = {}
+
+    def walk(cls: type, typed: str) -> None:
+        for name in [f.name for f in _init_fields(cls)] + list(_alias_map(cls)):
+            key = typed + name
+            path = resolve_key(root, key)
+            sub = _dataclass_in(_type_at(root, path))
+            if sub is not None:
+                walk(sub, key + ".")
+            else:
+                keys = out.setdefault(path, [path])
+                if key not in keys:
+                    keys.append(key)
+
+    walk(root, "")
+    return out
+
+
+def _type_at(root: type, path: str) -> Any:
+    cls: Any = root
+    tp: Any = root
+    for part in path.split("."):
+        tp = _hints(cls)[part]
+        cls = _dataclass_in(tp)
+    return tp
 
 
 def _dataclass_in(tp: Any) -> type | None:
@@ -471,29 +589,31 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
             raise UserError(f"malformed override {item!r} (expected key=value)")
         if not _KEY_RE.match(key):
             raise UserError(f"malformed override {item!r}: {key!r} is not a dotted field name")
-        cfg = _set(cfg, key.split("."), text, key, root)
+        path = resolve_key(root, key)
+        cfg = _set(cfg, path.split("."), text, path, root, key)
     return cfg
 
 
-def _set(cfg: Any, parts: list[str], text: str, key: str, root: type) -> Any:
+def _set(cfg: Any, parts: list[str], text: str, path: str, root: type, typed: str) -> Any:
+    """Set the field ``path`` (``parts`` of it still to walk) from ``text``; errors name ``typed``."""
     cls = type(cfg)
     name = parts[0]
     fields = {f.name for f in _init_fields(cls)}
     if name not in fields:
-        raise _unknown_key(key, root)
+        raise _unknown_key(typed, root)
     tp = _hints(cls)[name]
-    prefix = key[: len(key) - len(".".join(parts))]
+    prefix = path[: len(path) - len(".".join(parts))]
     if len(parts) == 1:
-        value = _parse(text, tp, key, root)
+        value = _parse(text, tp, typed, root)
     else:
         sub_cls = _dataclass_in(tp)
         if sub_cls is None:
-            raise _unknown_key(key, root)
+            raise _unknown_key(typed, root)
         current = getattr(cfg, name)
         if current is None:
             # An Optional section that is off: setting one of its fields turns it on.
             current = _construct(sub_cls, {}, prefix + name + ".")
-        value = _set(current, parts[1:], text, key, root)
+        value = _set(current, parts[1:], text, path, root, typed)
     return _replace(cfg, {name: value}, prefix)
 
 
@@ -683,12 +803,16 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def format_help(cfg: Any) -> str:
     """One line per settable key: ``key: type = current value`` (for ``--help`` output).
 
+    A key is shown as users type it: a field with an :func:`alias` under its first alias
+    (``cache.lambda``), a setting with a short key followed by it (``model.head (or head)``).
+
     Args:
         cfg: A config dataclass instance (its current values are shown) or class (its
             defaults are shown; the class must be constructible without arguments).
     """
     if isinstance(cfg, type):
         cfg = cfg()
+    spellings = _spellings(type(cfg))
     lines: list[str] = []
 
     def walk(obj: Any, prefix: str) -> None:
@@ -698,8 +822,14 @@ def format_help(cfg: Any) -> str:
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 walk(value, prefix + f.name + ".")
             else:
-                shown = json.dumps(_plain(value))
-                lines.append(f"{prefix}{f.name}: {_type_name(hints[f.name])} = {shown}")
+                path = prefix + f.name
+                keys = spellings.get(path, [path])
+                depth = path.count(".")
+                # A plain field's own alias replaces its name; shorter keys are listed after it.
+                shown = next((k for k in keys[1:] if k.count(".") == depth), path)
+                short = [k for k in keys if k.count(".") < depth]
+                also = f" (or {', '.join(short)})" if short else ""
+                lines.append(f"{shown}{also}: {_type_name(hints[f.name])} = {json.dumps(_plain(value))}")
 
     walk(cfg, "")
     return "\n".join(lines)
