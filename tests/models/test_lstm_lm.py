@@ -57,3 +57,44 @@ def test_bad_config_and_input():
         LSTMLM(LMConfig(vocab_size=5, head="adaptive"))
     with pytest.raises(ValueError, match="batch, length"):
         make()(torch.zeros(4, dtype=torch.long))
+
+
+def _states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_memorize_count_only_counts_without_touching_weights():
+    m = make(head="hebbian", gamma=0.1, T=10, tied=False)
+    out = m(torch.randint(0, 50, (2, 4)))
+    y = torch.tensor([[3, 3, 5, 9], [3, 5, 5, 5]])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.memorize(out.hidden.detach(), y, count_only=True)
+    after = m.state_dict()
+    assert torch.equal(after["head.weight"], before["head.weight"])
+    assert (int(after["head.counts"][3]), int(after["head.counts"][5]), int(after["head.counts"][9])) == (3, 4, 1)
+    assert int(after["head.counts"].sum()) == 8
+    # A later memorize treats the counted classes as seen: λ = max(n / (c + n), γ) = 3 / 6 for class 3.
+    w3 = m.head.weight[3].clone()
+    h = out.hidden.detach()
+    m.memorize(h, y)
+    mean3 = h[y == 3].mean(0)
+    torch.testing.assert_close(m.head.weight[3], 0.5 * mean3 + 0.5 * w3)
+
+
+def test_memorize_is_the_heads_update():
+    a, b = make(head="hebbian", gamma=0.2, T=10), make(head="hebbian", gamma=0.2, T=10)
+    out = a(torch.randint(0, 50, (2, 6)))
+    y = torch.randint(0, 50, (2, 6))
+    a.memorize(out.hidden.detach(), y)
+    b.head.memorize(out.hidden.detach(), y)
+    assert _states_equal(a.state_dict(), b.state_dict())
+    assert not _states_equal(a.state_dict(), make(head="hebbian", gamma=0.2, T=10).state_dict())
+
+
+@pytest.mark.parametrize("count_only", [False, True])
+def test_memorize_is_a_no_op_for_softmax(count_only):
+    m = make(head="softmax")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    out = m(torch.randint(0, 50, (2, 4)))
+    m.memorize(out.hidden.detach(), torch.randint(0, 50, (2, 4)), count_only=count_only)
+    assert _states_equal(m.state_dict(), before)

@@ -101,9 +101,24 @@ class LSTMLM(nn.Module):
         return LMOutput(logits, state, hidden)
 
     @torch.no_grad()
-    def memorize(self, hidden: torch.Tensor, y: torch.Tensor) -> None:
-        """Hebbian update of the output layer (no-op for a plain softmax head)."""
-        if self.is_hebbian:
+    def memorize(self, hidden: torch.Tensor, y: torch.Tensor, *, count_only: bool = False) -> None:
+        """The post-step update of the output layer; call it after ``optimizer.step()``.
+
+        A Hebbian head mixes each target class's mean ``hidden`` into its row
+        (:meth:`HebbianSoftmax.memorize`); with ``count_only`` it only counts the classes
+        (a warm-up in which rows are not yet memorized, :meth:`HebbianSoftmax.count`). A
+        plain softmax head does nothing.
+
+        Args:
+            hidden: ``LMOutput.hidden`` ``(B, L, d_out)``, the pre-dropout output-layer input.
+            y: Targets ``(B, L)``.
+            count_only: Count the classes without changing any weight.
+        """
+        if not self.is_hebbian:
+            return
+        if count_only:
+            self.head.count(y)
+        else:
             self.head.memorize(hidden, y)
 
     def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:

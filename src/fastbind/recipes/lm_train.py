@@ -260,11 +260,7 @@ def train(cfg: LMTrainConfig) -> dict:
         clip_grad(model.parameters(), cfg.optim)
         opt.step()
         sched.step()
-        if model.is_hebbian:
-            if step >= cfg.memorize_after:
-                model.head.memorize(res.hidden.detach(), y)
-            else:
-                model.head.count(y)
+        model.memorize(res.hidden.detach(), y, count_only=step < cfg.memorize_after)
         if cfg.carry_state:
             train_state = detach_state(res.state)
         step += 1
