@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lm-train": ("fastbind.recipes.lm_train", "train an LSTM language model (softmax or Hebbian head)"),
     "lm-eval": ("fastbind.recipes.lm_eval", "perplexity of a run, overall and by frequency bucket"),
     "lm-sweep": ("fastbind.recipes.lm_sweep", "grid-search cache/MbPA settings on validation, apply to test"),
+    "curriculum": ("fastbind.recipes.curriculum", "Omniglot class curriculum: steps per level for each head"),
     "report": ("fastbind.recipes.report", "plots and a markdown table comparing runs"),
 }
 

@@ -154,12 +154,16 @@ class HebbianSoftmax(nn.Module):
 
     # ------------------------------------------------------------------ memorize
     @torch.no_grad()
-    def memorize(self, h: torch.Tensor, y: torch.Tensor) -> None:
+    def memorize(self, h: torch.Tensor, y: torch.Tensor, *, active: int | torch.Tensor | None = None) -> None:
         """Mix each present class's mean activation into its row (call after ``optimizer.step()``).
 
         Args:
             h: activations ``(..., d)`` that produced the logits, taken *before* dropout.
             y: integer targets ``(...)``; entries equal to ``ignore_index`` are skipped.
+            active: the classes in play when only some rows are used (e.g. a class
+                curriculum): an int ``n`` for rows ``[0, n)`` or a bool mask ``(V,)``. Labels
+                must be active, and the svm/smax objectives look for neighbours among
+                active rows only. None: every row.
 
         Raises:
             ValueError: on a wrong last dimension, mismatched shapes, a non-integer ``y``, a
@@ -171,6 +175,7 @@ class HebbianSoftmax(nn.Module):
         same update. Communication is proportional to the batch, never to ``V × d``.
         """
         h, y = self._check(h, y)
+        mask = self._active_mask(active, y)
         h, y = _gather_batch(h, y)
         if y.numel() == 0:
             return
@@ -183,7 +188,7 @@ class HebbianSoftmax(nn.Module):
         if not bool(active.all()):
             classes, h_mean, lam = classes[active], h_mean[active], lam[active]
         if classes.numel():
-            target = h_mean if self.objective == "l2" else self._inner_optimum(classes, h_mean)
+            target = h_mean if self.objective == "l2" else self._inner_optimum(classes, h_mean, mask)
             w = self.weight.index_select(0, classes).float()
             new_rows = torch.lerp(w, target, lam.unsqueeze(1))  # λ·w* + (1 − λ)·W[i]
             # index_copy_ writes in place into the Parameter's storage (unlike W[mask].add_(),
@@ -209,6 +214,23 @@ class HebbianSoftmax(nn.Module):
         self.counts.zero_()
 
     # ------------------------------------------------------------------ helpers
+    def _active_mask(self, active: int | torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
+        """``active`` as a bool mask ``(V,)`` (None: all rows); checks the labels are active."""
+        if active is None:
+            return None
+        if isinstance(active, torch.Tensor):
+            if active.dtype != torch.bool or active.shape != (self.num_classes,):
+                raise ValueError(f"active must be an int or a bool tensor of shape ({self.num_classes},), "
+                                 f"got {active.dtype} {tuple(active.shape)}")
+            mask = active.to(self.weight.device)
+        else:
+            if isinstance(active, bool) or not isinstance(active, int) or not 0 < active <= self.num_classes:
+                raise ValueError(f"active must lie in [1, {self.num_classes}], got {active!r}")
+            mask = torch.arange(self.num_classes, device=self.weight.device) < active
+        if y.numel() and not bool(mask[y].all()):
+            raise ValueError(f"labels {sorted(set(y[~mask[y]].tolist()))[:5]} are not among the active classes")
+        return mask
+
     def _check_labels(self, y: torch.Tensor) -> torch.Tensor:
         """Validate integer labels; returns the flat int64 labels with ignored ones removed."""
         if not isinstance(y, torch.Tensor):
@@ -248,16 +270,20 @@ class HebbianSoftmax(nn.Module):
             raise ValueError("h contains non-finite values (nan or inf) at non-ignored positions")
         return h, y
 
-    def _neighbours(self, classes: torch.Tensor, h_mean: torch.Tensor) -> torch.Tensor:
+    def _neighbours(self, classes: torch.Tensor, h_mean: torch.Tensor,
+                    active: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of the ``k`` nearest other classes to each ``h̄`` (squared Euclidean distance).
 
-        Returns ``(U, k, d)`` float32. The class itself is excluded. Distances are computed
-        in blocks of classes so no ``V × d`` temporary is made (the block is ``V × chunk``).
+        Returns ``(U, k, d)`` float32. The class itself is excluded, and so are inactive rows
+        when an ``active`` mask is given. Distances are computed in blocks of classes so no
+        ``V × d`` temporary is made (the block is ``V × chunk``).
         """
         W = self.weight
         V = self.num_classes
-        k = min(self.k, V - 1)
+        k = min(self.k, (V if active is None else int(active.sum())) - 1)
         sq_norm = W.float().pow(2).sum(1)  # (V,)
+        if active is not None:
+            sq_norm = sq_norm.masked_fill(~active, math.inf)  # never a neighbour
         chunk = max(1, _NEIGHBOUR_BLOCK // V)
         idx = []
         for s in range(0, classes.numel(), chunk):  # loop over blocks, not classes
@@ -278,13 +304,14 @@ class HebbianSoftmax(nn.Module):
             return ip - self.xi * (nb_ip * (nb_ip > self.eps)).sum(-1)
         return ip - torch.logsumexp(nb_ip, dim=-1)  # log g_smax
 
-    def _inner_optimum(self, classes: torch.Tensor, h_mean: torch.Tensor) -> torch.Tensor:
+    def _inner_optimum(self, classes: torch.Tensor, h_mean: torch.Tensor,
+                       active: torch.Tensor | None = None) -> torch.Tensor:
         """w* = argmax_{‖w‖ ≤ max_norm} g(w) by projected gradient ascent, batched over classes.
 
         Starts from h̄ projected onto the ball and returns the best iterate seen, so the
         result is never worse than that start under its own objective.
         """
-        nb = self._neighbours(classes, h_mean) if self.objective in ("svm", "smax") else None
+        nb = self._neighbours(classes, h_mean, active) if self.objective in ("svm", "smax") else None
         w = _project(h_mean, self.max_norm)
         best, best_g = w, self._objective(w, h_mean, nb)
         for _ in range(self.inner_steps):

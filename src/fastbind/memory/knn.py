@@ -114,6 +114,22 @@ class RingStore:
         positions = (self.count - 1) - torch.remainder(self.count - 1 - slots, self.size)
         return self._keys[:m], self._values[:m], positions
 
+    def state_dict(self) -> dict:
+        """The stored entries in slot order and the write count (for exact resumes)."""
+        m = len(self)
+        keys = None if self._keys is None else self._keys[:m].clone()
+        values = None if self._values is None else self._values[:m].clone()
+        return {"size": self.size, "count": self.count, "keys": keys, "values": values}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` exactly (same slots, so later writes overwrite the same entries)."""
+        if int(state["size"]) != self.size:
+            raise ValueError(f"the saved memory has size {int(state['size'])}, this one {self.size}")
+        self.reset()
+        if state["keys"] is not None and state["values"] is not None:
+            self._keys, self._values = state["keys"].clone(), state["values"].clone().to(torch.int64)
+        self.count = int(state["count"])
+
     @torch.no_grad()
     def append(self, h: torch.Tensor, y: torch.Tensor) -> None:
         """Write the rows of ``h (L, d)`` with labels ``y (L,)``, oldest first."""

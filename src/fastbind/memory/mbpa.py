@@ -134,6 +134,19 @@ class MbPA:
         self._store.reset()
         self._probs = self._probs_layer = None
 
+    def state_dict(self) -> dict:
+        """The stored entries (keys, labels, write count), e.g. for a training recipe that resumes.
+
+        Evaluation-time memories are never part of a model checkpoint; this is for the
+        callers whose memory is part of the training state (the curriculum's MbPA head).
+        """
+        return self._store.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the base distributions are recomputed on the next call."""
+        self._store.load_state_dict(state)
+        self._probs = self._probs_layer = None
+
     @torch.no_grad()
     def write(self, h: torch.Tensor, y: torch.Tensor) -> None:
         """Append ``h (L, d)``, ``y (L,)`` without scoring them (e.g. to preload examples)."""
