@@ -289,6 +289,50 @@ def _ddp_worker(rank, world, init_file, out_dir, batches):
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("objective", ["l2", "svm", "smax"])
+@pytest.mark.parametrize("active_as", ["int", "mask"])
+def test_active_rows_equal_a_smaller_layer(objective, active_as):
+    """Memorizing among the first n of V rows is exactly memorizing in an n-row layer; the rest never move."""
+    torch.manual_seed(0)
+    V, n, d = 20, 8, 6
+    big = HebbianSoftmax(d, V, gamma=0.2, T=5, objective=objective, k=3)
+    small = HebbianSoftmax(d, n, gamma=0.2, T=5, objective=objective, k=3)
+    with torch.no_grad():
+        big.weight.mul_(0.1)  # the inactive rows sit nearest to every h̄: they must not be neighbours
+        small.weight.copy_(big.weight[:n])
+    before = big.weight.detach().clone()
+    active = n if active_as == "int" else torch.arange(V) < n
+    for _ in range(3):
+        h, y = torch.randn(12, d) * 3, torch.randint(n, (12,))
+        big.memorize(h, y, active=active)
+        small.memorize(h, y)
+    torch.testing.assert_close(big.weight[:n], small.weight, rtol=0, atol=0)
+    assert torch.equal(big.weight[n:], before[n:]) and torch.equal(big.counts[:n], small.counts)
+    if objective != "l2":  # without the restriction the result differs (the test can fail)
+        free = HebbianSoftmax(d, V, gamma=0.2, T=5, objective=objective, k=3)
+        with torch.no_grad():
+            free.weight.copy_(before)
+        torch.manual_seed(1)
+        h, y = torch.randn(12, d) * 3, torch.randint(n, (12,))
+        free.memorize(h, y)
+        ref = HebbianSoftmax(d, n, gamma=0.2, T=5, objective=objective, k=3)
+        with torch.no_grad():
+            ref.weight.copy_(before[:n])
+        ref.memorize(h, y)
+        assert not torch.equal(free.weight[:n], ref.weight)
+
+
+def test_active_rejects_inactive_labels_and_bad_values():
+    head = HebbianSoftmax(4, 10)
+    before = head.weight.detach().clone()
+    with pytest.raises(ValueError, match="not among the active"):
+        head.memorize(torch.randn(3, 4), torch.tensor([1, 2, 7]), active=5)
+    for bad in (0, 11, True, torch.ones(9, dtype=torch.bool), torch.ones(10)):
+        with pytest.raises(ValueError, match="active"):
+            head.memorize(torch.randn(3, 4), torch.tensor([1, 2, 3]), active=bad)
+    assert torch.equal(head.weight, before) and int(head.counts.sum()) == 0
+
+
 def test_two_ranks_with_unequal_batches_equal_one_process():
     g = torch.Generator().manual_seed(9)
     batches = []
