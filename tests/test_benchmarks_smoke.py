@@ -52,3 +52,12 @@ def test_bench_lm_quick(tmp_path):
         assert r["achieved_flops_per_s"] == pytest.approx(fpt["train"] * r["tokens_per_s_median"])
     for key in ("fastbind_over_plain", "hebbian_over_softmax"):
         assert res["ratios"][key] > 0, key
+
+
+def test_bench_curriculum_quick(tmp_path):
+    res = run_bench("bench_curriculum.py", tmp_path / "curriculum.json")
+    assert res["benchmark"] == "curriculum_train_throughput" and res["threads"] == 1
+    for name in ("plain", "softmax", "hebbian", "mbpa"):
+        r = res["results"][name]
+        assert r["images_per_s_median"] > 0 and len(r["seconds_rounds"]) == res["settings"]["rounds"]
+        assert name == "plain" or r["ratio_to_plain"] > 0
