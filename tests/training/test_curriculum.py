@@ -42,3 +42,34 @@ def test_criterion_all_judges_every_class_and_state_round_trips():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
         Curriculum(10, **kwargs)
+
+
+def _record(head, seed, steps_per_level, **settings):
+    levels, end, classes = [], 0, 30
+    for s in steps_per_level:
+        end += s
+        levels.append({"classes": classes, "steps": s, "end_step": end})
+        classes += 5
+    base = {"head": head, "objective": "l2", "T": 20, "gamma": 0.1, "lr": 0.008, "batch_size": 32,
+            "criterion": "new", "seed": seed, "classes": classes - 5, "total_classes": 242, "complete": False,
+            "step": end, "levels": levels}
+    return {**base, **settings}
+
+
+def test_merge_records_means_over_seeds_and_ratio_to_softmax():
+    from fastbind.training.curriculum import merge_records
+
+    # Levels end with 30, 35, ..., 95 classes; only those with more than 80 (85, 90, 95) count.
+    flat = [10] * 11
+    recs = [_record("softmax", 0, flat + [40, 60, 80]), _record("softmax", 1, flat + [60, 60, 60]),
+            _record("hebbian", 0, flat + [20, 30, 40]), _record("hebbian", 1, flat + [30, 30, 30]),
+            _record("hebbian", 0, flat + [5, 5, 5], batch_size=16)]
+    merged = merge_records(recs)
+    rows = {r["combination"]: r for r in merged["summary"]}
+    soft, hebb = rows["softmax-lr0.008-b32"], rows["hebbian-l2-T20-g0.1-lr0.008-b32"]
+    assert soft["mean_steps_after_80"] == 60.0 and hebb["mean_steps_after_80"] == 30.0
+    assert hebb["speedup_vs_softmax"] == 2.0 and soft["speedup_vs_softmax"] == 1.0
+    assert hebb["std_over_seeds"] == 0.0 and hebb["seeds"] == 2
+    # No softmax run with batch 16: no ratio rather than a wrong one.
+    assert rows["hebbian-l2-T20-g0.1-lr0.008-b16"]["speedup_vs_softmax"] is None
+    assert set(merged["combinations"]["softmax-lr0.008-b32"]["seeds"]) == {"0", "1"}

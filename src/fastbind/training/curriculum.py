@@ -106,3 +106,59 @@ class Curriculum:
         self.level_start_seconds = float(state["level_start_seconds"])
         self.levels = [dict(r) for r in state["levels"]]
         self.finished = bool(state["finished"])
+
+
+# --------------------------------------------------------------------------- results of many runs
+
+SETTINGS = ("head", "objective", "T", "gamma", "lr", "batch_size", "criterion")
+BIND_FROM = 80  # the paper's comparison: levels that end with more than 80 classes
+
+
+def combination_name(settings: dict[str, Any]) -> str:
+    """``hebbian-l2-T20-g0.1-lr0.008-b32`` (Hebbian settings only for the Hebbian head)."""
+    s = settings
+    parts = [s["head"]] + ([s["objective"], f"T{s['T']}", f"g{s['gamma']:g}"] if s["head"] == "hebbian" else [])
+    parts += [f"lr{s['lr']:g}", f"b{s['batch_size']}"]
+    if s.get("criterion", "new") != "new":
+        parts.append(f"crit-{s['criterion']}")
+    return "-".join(parts)
+
+
+def mean_steps_after(levels: list[dict[str, Any]], classes: int = BIND_FROM) -> float | None:
+    """Mean steps of the levels that end with more than ``classes`` classes (None if there are none)."""
+    steps = [r["steps"] for r in levels if r["classes"] > classes]
+    return sum(steps) / len(steps) if steps else None
+
+
+def merge_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group per-run ``curriculum.json`` records by combination of settings, seeds inside.
+
+    Returns ``{"combinations": {name: {"settings", "seeds": {seed: record}}}, "summary": [...]}``;
+    each summary row has the mean over seeds of the per-seed mean steps per level after
+    :data:`BIND_FROM` classes, its standard deviation over seeds, and the ratio of the matching
+    softmax combination's mean to it (same lr, batch size and criterion): above 1 means fewer
+    steps than softmax.
+    """
+    combos: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        settings = {k: rec[k] for k in SETTINGS}
+        name = combination_name(settings)
+        combos.setdefault(name, {"settings": settings, "seeds": {}})["seeds"][str(rec["seed"])] = rec
+    rows = []
+    for name, c in combos.items():
+        per_seed = [mean_steps_after(r["levels"]) for r in c["seeds"].values()]
+        per_seed = [x for x in per_seed if x is not None]
+        mean = sum(per_seed) / len(per_seed) if per_seed else None
+        std = (sum((x - mean) ** 2 for x in per_seed) / (len(per_seed) - 1)) ** 0.5 if len(per_seed) > 1 else None
+        rows.append({"combination": name, **c["settings"], "seeds": len(c["seeds"]), "seeds_past_80": len(per_seed),
+                     "mean_steps_after_80": mean, "std_over_seeds": std,
+                     "max_classes": [r["classes"] if not r.get("complete") else r["total_classes"]
+                                     for r in c["seeds"].values()],
+                     "steps": [r["step"] for r in c["seeds"].values()]})
+    for row in rows:
+        base = next((r for r in rows if r["head"] == "softmax" and all(r[k] == row[k] for k in
+                                                                       ("lr", "batch_size", "criterion"))), None)
+        ok = base is not None and base["mean_steps_after_80"] and row["mean_steps_after_80"]
+        row["softmax"] = base["combination"] if base else None
+        row["speedup_vs_softmax"] = base["mean_steps_after_80"] / row["mean_steps_after_80"] if ok else None
+    return {"combinations": combos, "summary": rows}
