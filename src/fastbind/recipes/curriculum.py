@@ -13,7 +13,8 @@ training features). Usage::
     fastbind report runs/omniglot                                            # Figures 3 and 9
 
 ``head``, ``seeds``, ``objective``, ``lr``, ``T``, ``gamma`` and ``batch_size`` take lists;
-every combination runs in its own sub-folder of ``out`` (``hebbian-l2-T20-g0.1-lr0.008-b32-s0``),
+every combination runs in its own sub-folder of ``out`` (``hebbian-l2-T20-g0.1-lr0.008-b32-s0``;
+``-crit-all`` is added under ``criterion=all``),
 so combinations can also run as separate processes side by side. Each sub-folder is a run
 folder (config.json, metrics.jsonl, last.pt, curriculum.json with one record per level);
 re-running the same command resumes unfinished combinations and skips finished ones.
@@ -38,7 +39,7 @@ from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder
 from fastbind.training.checkpoint import rng_state, set_rng_state
 from fastbind.training.config import parse_cli, to_dict
-from fastbind.training.curriculum import Curriculum
+from fastbind.training.curriculum import Curriculum, combination_name
 
 Head = Literal["softmax", "hebbian", "mbpa"]
 Objective = Literal["l2", "ip", "svm", "smax"]
@@ -118,18 +119,15 @@ def combinations(cfg: CurriculumConfig) -> list[CurriculumConfig]:
                                                                cfg.gamma, cfg.lr, cfg.batch_size):
         if head != "hebbian":
             obj, T, gamma = cfg.objective[0], cfg.T[0], cfg.gamma[0]
-        name = combo_name(head, obj, T, gamma, lr, bs, seed)
+        settings = {"head": head, "objective": obj, "T": T, "gamma": gamma, "lr": lr, "batch_size": bs,
+                    "criterion": cfg.criterion}
+        name = f"{combination_name(settings)}-s{seed}"
         if name in seen:
             continue
         seen.add(name)
         out.append(replace(cfg, out=f"{cfg.out}/{name}", head=(head,), seeds=(seed,), objective=(obj,), T=(T,),
                            gamma=(gamma,), lr=(lr,), batch_size=(bs,)))
     return out
-
-
-def combo_name(head: str, objective: str, T: int, gamma: float, lr: float, batch_size: int, seed: int) -> str:
-    parts = [head] + ([objective, f"T{T}", f"g{gamma:g}"] if head == "hebbian" else [])
-    return "-".join(parts + [f"lr{lr:g}", f"b{batch_size}", f"s{seed}"])
 
 
 # --------------------------------------------------------------------------- evaluation
