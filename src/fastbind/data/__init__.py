@@ -8,6 +8,7 @@ Main entry point::
     corpus = load_corpus("../shared/data/ptb")         # a folder; format detected from file names
     corpus.train, corpus.valid, corpus.test            # (N,) int64 token ids, <eos> at line ends
     corpus.train_counts                                # (len(vocab),) int64, for frequency buckets
+    omni = load_omniglot("../shared/data/omniglot")    # Omniglot archives -> 28 x 28 uint8 tensors
 """
 
 from fastbind.data.corpora import (
@@ -24,6 +25,7 @@ from fastbind.data.corpora import (
 # The download() function stays in fastbind.data.download: exporting it here would shadow
 # the submodule of the same name.
 from fastbind.data.download import DownloadError, fetch_dataset
+from fastbind.data.omniglot import Omniglot, load_omniglot
 from fastbind.data.synthetic import SyntheticConfig, SyntheticLanguage, token_nll
 from fastbind.data.synthetic import generate as generate_synthetic
 from fastbind.data.vocab import Vocabulary
@@ -32,6 +34,7 @@ __all__ = [
     "SPLITS",
     "Corpus",
     "DownloadError",
+    "Omniglot",
     "SyntheticConfig",
     "SyntheticLanguage",
     "Vocabulary",
@@ -40,6 +43,7 @@ __all__ = [
     "fetch_dataset",
     "generate_synthetic",
     "load_corpus",
+    "load_omniglot",
     "read_gutenberg",
     "read_ptb",
     "read_wikitext",
