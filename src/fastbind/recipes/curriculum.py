@@ -37,7 +37,7 @@ from fastbind.errors import UserError
 from fastbind.memory import MbPA
 from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder
-from fastbind.training.checkpoint import rng_state, set_rng_state
+from fastbind.training.checkpoint import load_checkpoint, rng_state, set_rng_state
 from fastbind.training.config import parse_cli, to_dict
 from fastbind.training.curriculum import Curriculum, combination_name
 
@@ -88,7 +88,7 @@ class CurriculumConfig:
     augment: bool = True  # rotation in [-30°, 30°] and shifts up to 10%, batched on tensors
     dropout: float = 0.2
     channels: int = 64
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N (the batches are small: a CPU does well)
     threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True
     mbpa: MbPAHeadSettings = field(default_factory=MbPAHeadSettings)
@@ -205,6 +205,8 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     order = _class_order(data, seed, total)
     tr_x, _, tr_off, tr_cnt = _relabelled(data.train_images, data.train_labels, order)
     te_x, te_y, te_off, te_cnt = _relabelled(data.test_images, data.test_labels, order)
+    device = torch.device(cfg.device)
+    te_x, te_y = te_x.to(device), te_y.to(device)
 
     torch.manual_seed(seed)
     model = ConvClassifier(ConvNetConfig(max_classes=total, channels=cfg.channels, dropout=cfg.dropout,
@@ -212,6 +214,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
                                          gamma=cfg.gamma[0], T=cfg.T[0], objective=cfg.objective[0]))
     model.reset_head(torch.Generator().manual_seed(seed))  # the same start for every head kind
     torch.manual_seed(seed)  # dropout draws the same numbers for every head kind
+    model.to(device)
     opt = torch.optim.RMSprop(model.parameters(), lr=lr)
     m = cfg.mbpa
     mbpa = MbPA(size=m.size, k=m.k, steps=m.steps, lr=m.lr, l2=m.l2, eps=m.eps) if head == "mbpa" else None
@@ -220,14 +223,15 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     gen = torch.Generator().manual_seed(seed + 1)  # batches and augmentation
     step, seconds, eval_seconds = 0, 0.0, 0.0
     if ck is not None:
+        ck = load_checkpoint(run.checkpoint_path("last"), map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         cur.load_state_dict(ck["curriculum"])
         step, seconds, eval_seconds = int(ck["step"]), float(ck["seconds"]), float(ck["eval_seconds"])
         set_rng_state(ck["rng"])
-        gen.set_state(ck["generator"])
+        gen.set_state(ck["generator"].cpu())
         if mbpa is not None:
-            mbpa.load_state_dict(ck["mbpa"])
+            mbpa.load_state_dict(ck["mbpa"])  # on the device the checkpoint was mapped to
     run.save_config(cfg)
 
     def test_set(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +258,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     writer = run.metrics_writer(tensorboard=False)
     bar = tqdm(total=total, initial=cur.levels[-1]["classes"] if cur.levels else 0,
                desc=run.name, dynamic_ncols=True, disable=not cfg.progress, unit="class")
-    images = tr_x.float().div(255).unsqueeze(1)  # (N, 1, 28, 28), converted once
+    images = tr_x.float().div(255).unsqueeze(1).to(device)  # (N, 1, 28, 28), converted once
     loss_sum, loss_n, t_mark, img_rate, acc = 0.0, 0, time.perf_counter(), 0.0, math.nan
     stopped = False
     model.train()
@@ -263,6 +267,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
         n = cur.n
         y = torch.randint(n, (bs,), generator=gen)  # uniform over the introduced classes
         idx = tr_off[y] + (torch.rand(bs, generator=gen) * tr_cnt[y]).long()
+        y, idx = y.to(device), idx.to(device)
         x = augment(images[idx], generator=gen) if cfg.augment else images[idx]
         out = model(x, n)
         loss = F.cross_entropy(out.logits, y)
@@ -322,8 +327,8 @@ def run_curriculum(cfg: CurriculumConfig) -> list[dict]:
     """Every combination of ``cfg``, one after another (resuming or skipping those done)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.device != "cpu":
-        raise UserError("the curriculum runs on the CPU (device=cpu); its batches are small")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={cfg.device} but CUDA is not available")
     data = load_omniglot(cfg.data, cfg.data_dir, progress=cfg.progress)
     print(f"omniglot: {data.num_classes} classes from {len(data.alphabets)} alphabets "
           f"({len(data.train_labels)} training / {len(data.test_labels)} test images)", flush=True)
