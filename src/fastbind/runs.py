@@ -9,7 +9,7 @@ layout and one owner::
       metrics.jsonl      one JSON line per logged step (appended; a resumed run continues it)
       summary.json       the state of training at the end of the last invocation
       last.pt, best.pt   checkpoints (state_dicts plus context, atomic, rank 0 only)
-      <name>.json        results: eval-test.json, sweep-valid.json, curriculum.json, ...
+      <name>.json        results: eval-test.json (see eval_record), sweep-valid.json, curriculum.json, ...
       <name>.md, .png    human-readable renderings of results
       <sub>/             sub-runs (one combination of a sweep over settings each)
 
@@ -21,7 +21,8 @@ Example::
         log.log(step, {"val/ppl": 123.4})
     run.save_checkpoint("last", state)        # last.pt
     run.write_summary({"step": step, ...})    # summary.json
-    run.write_result("eval-test", result)     # eval-test.json
+    run.write_eval(eval_record(variants, split="test", step=step))   # eval-test.json
+    run.write_result("sweep-valid", result)   # any other result: sweep-valid.json
     cfg = run.load_config(LMTrainConfig)      # UserError when it is not a run folder
 
 Only the primary rank writes (``writer=False`` elsewhere, or the distributed helper's
@@ -44,10 +45,14 @@ from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
 from fastbind.training.config import from_dict, to_dict
 from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "metrics_by_step"]
+__all__ = ["BASE_VARIANT", "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "eval_name", "eval_record",
+           "metrics_by_step"]
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+
+BASE_VARIANT = "model"  # the evaluation variant that is the model alone (no cache, no MbPA)
+_RESULT_KEYS = ("ppl", "nll", "tokens", "buckets")  # a bucketed perplexity result
 
 C = TypeVar("C")
 
@@ -116,7 +121,7 @@ class RunFolder:
 
     def metrics_writer(self, tensorboard: bool | None = None) -> MetricsWriter:
         """A writer appending to ``metrics.jsonl`` (a no-op on non-writing ranks)."""
-        return MetricsWriter(self.path, tensorboard=tensorboard if self.writer else False)
+        return MetricsWriter(self.path, tensorboard=tensorboard if self.writer else False, enabled=self.writer)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The logged lines merged by step (see :func:`metrics_by_step`); [] without a file."""
@@ -180,6 +185,30 @@ class RunFolder:
         skip = {CONFIG_FILE, SUMMARY_FILE}
         return sorted(p.stem for p in self.path.glob(f"{pattern}.json") if p.is_file() and p.name not in skip)
 
+    def write_eval(self, record: dict[str, Any], *, tag: str = "") -> Path | None:
+        """Write an :func:`eval_record` as ``eval-<split>.json`` (``eval-<split>-<tag>.json``)."""
+        variants = record.get("variants")
+        if not isinstance(variants, dict) or BASE_VARIANT not in variants or "split" not in record:
+            raise ValueError("write_eval takes a record made by eval_record()")
+        return self.write_result(eval_name(record["split"], tag), record)
+
+    def read_eval(self, split: str, *, tag: str = "") -> dict[str, Any] | None:
+        """``eval-<split>[-<tag>].json`` in the layout of :func:`eval_record`, or None when absent.
+
+        Files written before that layout (the model's numbers alone, no ``"variants"``) are
+        read as a record whose only variant is the model.
+        """
+        record = self.read_result(eval_name(split, tag))
+        if record is None:
+            return None
+        variants = record.get("variants")
+        variants = {str(k): v for k, v in variants.items() if isinstance(v, dict)} if isinstance(variants, dict) else {}
+        base = variants.pop(BASE_VARIANT, None) or {k: record[k] for k in _RESULT_KEYS if k in record}
+        record["variants"] = {BASE_VARIANT: base, **variants}
+        for v in record["variants"].values():
+            v.setdefault("settings", None)
+        return record
+
     def write_text(self, name: str, text: str) -> Path | None:
         """Write a text file (markdown tables and the like)."""
         return self.write_bytes(name, text.encode("utf-8"))
@@ -224,6 +253,45 @@ class RunFolder:
         if not isinstance(data, dict):
             raise UserError(f"{str(path)!r} must contain a JSON object")
         return data
+
+
+def eval_name(split: str, tag: str = "") -> str:
+    """The result name of an evaluation: ``eval-<split>`` or ``eval-<split>-<tag>``."""
+    return f"eval-{split}-{tag}" if tag else f"eval-{split}"
+
+
+def eval_record(variants: dict[str, dict[str, Any]], *, variant_settings: dict[str, Any] | None = None,
+                **context: Any) -> dict[str, Any]:
+    """The one layout of ``eval-<split>.json`` (written by ``lm-eval``, ``lm-sweep``; read by ``report``)::
+
+        {"ppl": 124.5, "nll": 4.82, "tokens": 82430,            the model's own numbers
+         "buckets": [{"name": ">10K", "tokens": 51234, "ppl": 40.1}, ...],
+         "variants": {"model": {"ppl", "nll", "tokens", "buckets", "settings": null},
+                      "+cache": {..., "settings": {...}}, ...},
+         "split": "test", "checkpoint": "best", "step": 9000, ...}     context
+
+    Args:
+        variants: Variant name -> bucketed result (``{"ppl", "nll", "tokens", "buckets"}``),
+            :data:`BASE_VARIANT` (``"model"``) among them; it comes first, the others in
+            the order given.
+        variant_settings: Variant name -> the settings that made it (None for none); a
+            variant ``name@...`` (the same restricted to a sample) takes ``name``'s.
+        **context: What was evaluated and how; ``split`` is required (it names the file).
+
+    Returns:
+        The record, the model's numbers first, then ``"variants"``, then ``context``.
+    """
+    if BASE_VARIANT not in variants:
+        raise ValueError(f"an evaluation record needs the {BASE_VARIANT!r} variant, got {list(variants)}")
+    if "split" not in context:
+        raise ValueError("an evaluation record needs its split")
+    settings = variant_settings or {}
+    order = [BASE_VARIANT, *(name for name in variants if name != BASE_VARIANT)]
+    entries = {name: {**{k: v for k, v in variants[name].items() if k != "settings"},
+                      "settings": settings.get(name, settings.get(name.split("@", 1)[0]))}
+               for name in order}
+    model = {k: v for k, v in variants[BASE_VARIANT].items() if k != "settings"}
+    return {**model, "variants": entries, **context}
 
 
 def metrics_by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:

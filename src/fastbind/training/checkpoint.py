@@ -47,6 +47,7 @@ from fastbind.training import distributed
 __all__ = [
     "FORMAT",
     "atomic_write",
+    "gather_rng_states",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -195,6 +196,20 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state`, in rank order (one entry in a single process).
+
+    Every rank must call it. A checkpoint keeps the list; on resume with the same number of
+    ranks each rank restores its own entry, so a resumed run continues every random stream.
+    """
+    states = rng_state()
+    if not distributed.is_distributed():
+        return [states]
+    out: list[Any] = [None] * distributed.get_world_size()
+    torch.distributed.all_gather_object(out, states)
     return out
 
 

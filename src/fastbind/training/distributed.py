@@ -28,6 +28,7 @@ same update on every rank; see the layer's own docs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import torch
@@ -46,6 +47,8 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_primary",
+    "replicas_identical",
+    "resolve_device",
     "shard_stream",
 ]
 
@@ -140,6 +143,41 @@ def _device(local_rank: int, cuda: bool) -> torch.device:
     if cuda:
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """The device a recipe runs on: the rank's own under torchrun, else ``name``.
+
+    Args:
+        name: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        info: From :func:`init_distributed`.
+
+    Raises:
+        UserError: A CUDA device is asked for and CUDA is not available.
+    """
+    if info.is_distributed:
+        return info.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available")
+    return dev
+
+
+def replicas_identical(model: torch.nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters and buffers (True in one process).
+
+    Every rank must call it (it gathers one digest per rank).
+    """
+    if not is_distributed():
+        return True
+    h = hashlib.sha1()
+    for t in list(model.state_dict().values()):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, h.hexdigest())
+    return len(set(digests)) == 1
 
 
 def get_rank() -> int:

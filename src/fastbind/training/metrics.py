@@ -79,12 +79,14 @@ class MetricsWriter:
         run_dir: The run folder (created if missing).
         tensorboard: Also write TensorBoard events to ``run_dir/tb``. None: when TensorBoard
             is installed. True: required (UserError if not installed). False: never.
+        enabled: Whether this process writes; default: the primary rank.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], tensorboard: bool | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], tensorboard: bool | None = None, *,
+                 enabled: bool | None = None) -> None:
         self.run_dir = pathlib.Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
-        self.enabled = distributed.is_primary()
+        self.enabled = distributed.is_primary() if enabled is None else bool(enabled)
         self._fh: Any = None
         self._tb: Any = None
         if tensorboard is not False:
