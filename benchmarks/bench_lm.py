@@ -55,8 +55,9 @@ from torch import nn
 
 from fastbind.data import load_corpus
 from fastbind.data.synthetic import SyntheticConfig
+from fastbind.lm import LMTrainConfig
 from fastbind.models.lstm_lm import LMConfig
-from fastbind.recipes.lm_train import LMTrainConfig, train
+from fastbind.recipes.lm_train import train
 from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from fastbind.cli import main as cli
+from fastbind.evaluation import collect_stream
+from fastbind.lm import load_lm_run
 from fastbind.memory import MbPA, NeuralCache
-from fastbind.recipes.lm_eval import collect_stream, load_run
+from fastbind.runs import RunFolder
 
 from test_lm_recipes import TINY  # noqa: E402  (tests/recipes is on sys.path under pytest's rootdir-less import)
 
@@ -34,7 +36,7 @@ def test_lm_eval_variants_match_direct_computation(run):
     r = json.loads((run / "eval-test.json").read_text())
     assert set(r["variants"]) == {"model", "+cache", "+mbpa", "+cache+mbpa"}
     # Recompute by hand: model log-probs, a fresh cache and MbPA over the stream in one call each.
-    _, model, corpus, _ = load_run(run)
+    _, model, corpus, _ = load_lm_run(run)
     H, Y, LP = collect_stream(model, corpus.test, bptt=17, device=torch.device("cpu"), max_tokens=600)
     lp_c = NeuralCache(size=200, theta=0.5).log_prob(H, Y)
     W, b = model.output_layer()
@@ -85,7 +87,7 @@ def test_lm_eval_mbpa_stride_scores_a_sample(run):
     assert cli(args) == 0
     r = json.loads((run / "eval-test.json").read_text())
     assert set(r["variants"]) == {"model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"}
-    _, model, corpus, _ = load_run(run)
+    _, model, corpus, _ = load_lm_run(run)
     H, Y, LP = collect_stream(model, corpus.test, bptt=100, device=torch.device("cpu"), max_tokens=600)
     lp_c = NeuralCache(size=200, theta=0.5).log_prob(H, Y)
     W, b = model.output_layer()
@@ -107,7 +109,7 @@ def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
     assert cli(args) == 0
     s = json.loads((run / "sweep-valid-strided.json").read_text())
     assert s["mbpa_stride"] == 4 and s["mbpa_tokens"] == 100
-    _, model, corpus, _ = load_run(run)
+    _, model, corpus, _ = load_lm_run(run)
     H, Y, LP = collect_stream(model, corpus.valid, bptt=100, device=torch.device("cpu"), max_tokens=400)
     W, b = model.output_layer()
     lp_m = MbPA(size=200, k=8, steps=1, lr=0.3, l2=0.5, eps=1e-3).log_prob(H, Y, W.detach(), b.detach())
@@ -131,3 +133,32 @@ def test_sweep_bad_settings(run, arg, capsys):
 def test_lm_eval_bad_stride(run, capsys):
     assert cli(["lm-eval", str(run), "progress=false", "mbpa.lambda=0.1", "mbpa.stride=0", "max_tokens=50"]) == 2
     assert "stride" in capsys.readouterr().err
+
+
+def test_lm_eval_and_lm_sweep_write_one_eval_layout(run):
+    """Plain lm-eval, lm-eval with memories and lm-sweep's test evaluation write the same record."""
+    common = ["progress=false", "max_tokens=300"]
+    commands = {
+        "plain": (["lm-eval", str(run), "split=valid", *common], "valid", ""),
+        "memories": (["lm-eval", str(run), "split=valid", *common, "cache.lambda=0.2", "cache.size=100",
+                      "mbpa.lambda=0.1", "mbpa.k=8", "mbpa.stride=2"], "valid", ""),
+        "sweep": (["lm-sweep", str(run), *common, "test_max_tokens=300", "thetas=[0.3]", "cache_lambdas=[0.2]",
+                   "sizes=[100]", "mbpa_lambdas=[0.1]", "ks=[8]", "steps=[1]", "tag=layout"], "test", "layout"),
+    }
+    variants = {}
+    for kind, (argv, split, tag) in commands.items():
+        assert cli(argv) == 0, kind
+        rec = json.loads((run / f"eval-{split}{'-' + tag if tag else ''}.json").read_text())
+        assert RunFolder(run).read_eval(split, tag=tag) == rec, kind  # the one reader takes it as written
+        assert list(rec)[:5] == ["ppl", "nll", "tokens", "buckets", "variants"], kind
+        assert {"split", "checkpoint", "step", "edges", "head", "data"} <= set(rec), kind
+        assert rec["split"] == split and rec["tokens"] == 300, kind
+        model = rec["variants"]["model"]
+        assert model == {**{k: rec[k] for k in ("ppl", "nll", "tokens", "buckets")}, "settings": None}, kind
+        for name, v in rec["variants"].items():
+            assert set(v) == {"ppl", "nll", "tokens", "buckets", "settings"}, (kind, name)
+            assert (v["settings"] is None) == name.startswith("model"), (kind, name)
+        variants[kind] = list(rec["variants"])
+    assert variants == {"plain": ["model"],
+                        "memories": ["model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"],
+                        "sweep": ["model", "+cache", "+mbpa", "+cache+mbpa"]}

@@ -166,7 +166,7 @@ def test_two_ddp_ranks_stay_identical_and_match_one_process(tmp_path):
 
 @pytest.mark.parametrize("name", ["wikitext103-paper", "gutenberg-paper", "ptb-small"])
 def test_presets_resolve_by_name(name):
-    from fastbind.recipes.lm_train import LMTrainConfig
+    from fastbind.lm import LMTrainConfig
     from fastbind.training.config import parse_cli, presets
 
     assert name in presets()
@@ -188,3 +188,19 @@ def test_command_help_lists_settings(command, capsys):
     assert cli([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "settings" in out and ("max_steps" in out or "split" in out or "out" in out)
+
+
+def test_help_shows_the_keys_users_type(capsys):
+    assert cli(["lm-eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "cache.lambda: float = 0.0" in out and "mbpa.lambda: float = 0.0" in out and "cache.lam:" not in out
+    assert cli(["lm-train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert 'model.head (or head): Literal[' in out and "optim.lr (or lr): float = 0.002" in out
+
+
+@pytest.mark.parametrize("arg", ["head=softmax", "model.head=hebbian", " head =hebbian"])
+def test_demo_refuses_a_head(tmp_path, arg, capsys):
+    assert cli(["demo", f"out={tmp_path / 'd'}", arg]) == 2
+    assert "drop head=/model.head=" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

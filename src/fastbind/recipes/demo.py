@@ -21,12 +21,13 @@ from pathlib import Path
 
 from fastbind.data.synthetic import SyntheticConfig, token_nll
 from fastbind.errors import UserError
+from fastbind.lm import LMTrainConfig, load_data
 from fastbind.models.lstm_lm import LMConfig
 from fastbind.recipes.lm_eval import LMEvalConfig, run_eval
-from fastbind.recipes.lm_train import LMTrainConfig, expand_aliases, load_data, train
+from fastbind.recipes.lm_train import train
 from fastbind.recipes.report import build_report
 from fastbind.training.buckets import BucketedNLL
-from fastbind.training.config import parse_cli
+from fastbind.training.config import parse_cli, resolve_key
 
 
 def demo_defaults() -> LMTrainConfig:
@@ -99,8 +100,7 @@ CONFIG = demo_defaults()  # for `fastbind demo --help`: the demo's own defaults
 
 
 def main(argv: list[str]) -> int:
-    argv = expand_aliases(argv)
-    if any(a.startswith("model.head=") for a in argv):
+    if any(resolve_key(LMTrainConfig, a.partition("=")[0].strip()) == "model.head" for a in argv if "=" in a):
         raise UserError("the demo trains both heads; drop head=/model.head=")
     cfg, rest = parse_cli(argv, LMTrainConfig, base=demo_defaults())
     if rest:

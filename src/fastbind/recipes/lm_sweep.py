@@ -23,7 +23,6 @@ reads every step; the model and cache are then also reported on that sample.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from fastbind.errors import UserError
-from fastbind.memory import mix_log_probs
-from fastbind.recipes.lm_eval import (
-    SAMPLE, CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, load_run,
-    mbpa_log_probs, with_sample_variants,
+from fastbind.evaluation import (
+    CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, mbpa_log_probs,
+    with_sample_variants,
 )
-from fastbind.training.checkpoint import atomic_write
+from fastbind.lm import load_lm_run
+from fastbind.memory import mix_log_probs
+from fastbind.runs import RunFolder, eval_record
 from fastbind.training.config import parse_cli
 
 
@@ -89,7 +89,10 @@ def _nll(lp: torch.Tensor) -> float:
 
 
 def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
-    _, model, corpus, ck = load_run(run_dir, cfg.checkpoint, cfg.device)
+    """Run the grid on ``cfg.split``; writes ``sweep-<split>[-<tag>].json``/``.md`` (and, with
+    ``apply_test``, the test evaluation) and returns the sweep result."""
+    run = RunFolder(run_dir)
+    _, model, corpus, ck = load_lm_run(run, cfg.checkpoint, cfg.device)
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
@@ -135,20 +138,19 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
         "best_mixture": min(mix_rows, key=lambda r: r["ppl"]) if mix_rows else None,
         "grid": {"cache": cache_rows, "mbpa": mbpa_rows, "mixture": mix_rows},
     }
-    suffix = f"-{cfg.tag}" if cfg.tag else ""
-    out = run_dir / f"sweep-{cfg.split}{suffix}.json"
-    atomic_write(out, lambda fh: fh.write(json.dumps(result, indent=2).encode()))
+    name = f"sweep-{cfg.split}-{cfg.tag}" if cfg.tag else f"sweep-{cfg.split}"
+    run.write_result(name, result)
     md = sweep_markdown(result)
-    atomic_write(run_dir / f"sweep-{cfg.split}{suffix}.md", lambda fh: fh.write(md.encode()))
+    run.write_text(f"{name}.md", md)
     result["markdown"] = md
     if cfg.apply_test:
-        result["test"] = apply_to_split(run_dir, result, cfg, "test")
+        result["test"] = apply_to_split(run, result, cfg, "test")
     return result
 
 
-def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
+def apply_to_split(run: RunFolder, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
     """Evaluate each variant with its own best validation settings on ``split``; writes eval-<split>.json."""
-    train_cfg, model, corpus, ck = load_run(run_dir, cfg.checkpoint, cfg.device)
+    train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, cfg.device)
     H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.test_max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
@@ -183,14 +185,10 @@ def apply_to_split(run_dir: Path, result: dict, cfg: SweepConfig, split: str = "
     if bm is not None:
         lps = with_sample_variants(lps, done[("mbpa", bm["size"], bm["k"], bm["steps"])])
     results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
-    variants = {name: {**r, "settings": settings[name.removesuffix(SAMPLE)]} for name, r in results.items()}
-    out = {**{k: v for k, v in variants["model"].items() if k != "settings"}, "variants": variants,
-           "split": split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]), "edges": list(train_cfg.buckets),
-           "head": train_cfg.model.head, "data": train_cfg.data, "tuned_on": cfg.split,
-           "mbpa_stride": cfg.test_mbpa_stride}
-    path = run_dir / f"eval-{split}{'-' + cfg.tag if cfg.tag else ''}.json"
-    atomic_write(path, lambda fh: fh.write(json.dumps(out, indent=2).encode()))
-    out["path"] = str(path)
+    out = eval_record(results, variant_settings=settings, split=split, checkpoint=cfg.checkpoint,
+                      step=int(ck["step"]), edges=list(train_cfg.buckets), head=train_cfg.model.head,
+                      data=train_cfg.data, tuned_on=cfg.split, mbpa_stride=cfg.test_mbpa_stride)
+    out["path"] = str(run.write_eval(out, tag=cfg.tag))
     return out
 
 
@@ -223,7 +221,7 @@ def main(argv: list[str]) -> int:
     print(result["markdown"])
     if "test" in result:
         t = result["test"]
-        for name, v in t.get("variants", {"model": t}).items():
+        for name, v in t["variants"].items():
             print(format_table(v, f"test, {name}:"))
         print(f"wrote {t['path']}")
     return 0

@@ -6,7 +6,8 @@ Usage::
     fastbind report runs/* out=docs/figures split=valid title="PTB, 20 CPU-min"
 
 Reads what ``lm-train`` and ``lm-eval`` leave in each run folder (``config.json``,
-``metrics.jsonl``, ``summary.json``, ``eval-<split>.json``) and writes into ``out``
+``metrics.jsonl``, ``summary.json``, ``eval-<split>.json``, all through
+:class:`fastbind.runs.RunFolder`) and writes into ``out``
 (default ``<parent of the first run>/report``):
 
 * ``validation.png``: validation perplexity against training tokens, one line per run;
@@ -20,7 +21,6 @@ Other recipes call :func:`build_report` directly.
 from __future__ import annotations
 
 import io
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastbind._io import atomic_write
 from fastbind.errors import UserError
-from fastbind.training.checkpoint import atomic_write
+from fastbind.runs import BASE_VARIANT, METRICS_FILE, RunFolder
 from fastbind.training.config import format_help, parse_cli
-from fastbind.training.metrics import METRICS_FILE, read_metrics
 
 __all__ = ["ReportConfig", "build_report", "format_ppl", "main", "markdown_table", "read_run"]
 
 MISSING = "–"
-BASE_VARIANT = "model"  # the variant that is the plain model (no cache, no MbPA)
 USAGE = "fastbind report RUN_DIR [RUN_DIR ...] [out=DIR] [split=test] [title=...]"
 
 
@@ -52,25 +51,6 @@ class ReportConfig:
 # --------------------------------------------------------------------------- reading runs
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"cannot parse {str(path)!r}: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {str(path)!r}: {exc.strerror}") from None
-
-
-def _read_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when the file does not exist."""
-    if not path.is_file():
-        return None
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise UserError(f"{str(path)!r} must contain a JSON object")
-    return data
-
-
 def _number(value: Any) -> float | None:
     """A finite-or-infinite float, or None for anything that is not a number (or is NaN)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -79,53 +59,25 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Merge metric lines into one dict per step; later lines win.
-
-    A resumed run appends to the same file and repeats the steps after its last
-    checkpoint. When the step goes backwards, entries from the step it restarts at
-    onwards are dropped, so lines of the interrupted attempt that the resumed one has
-    not reached yet do not linger.
-    """
-    merged: dict[int, dict[str, Any]] = {}
-    last = -math.inf
-    for row in rows:
-        step = row.get("step")
-        if isinstance(step, bool) or not isinstance(step, (int, float)):
-            continue
-        step = int(step)
-        if step < last:
-            for s in [s for s in merged if s >= step]:
-                del merged[s]
-        last = step
-        merged.setdefault(step, {}).update(row)
-    return dict(sorted(merged.items()))
-
-
-def _display_name(run_dir: Path, head: str | None) -> str:
-    name = run_dir.name
-    if name in ("", ".", ".."):  # "." or "runs/.." has no name of its own
-        name = run_dir.resolve().name or str(run_dir)
+def _display_name(run: RunFolder, head: str | None) -> str:
+    name = run.name
     if head and head.lower() not in name.lower():
         name = f"{name} ({head})"
     return name
 
 
-def _eval_entries(ev: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
-    """(variant, result) pairs of one eval file: the plain model first, then the others."""
-    if ev is None:
-        return [(BASE_VARIANT, {})]
-    variants = ev.get("variants")
-    if not isinstance(variants, dict) or not variants:
-        return [(BASE_VARIANT, ev)]
-    base = variants.get(BASE_VARIANT)
-    entries = [(BASE_VARIANT, base if isinstance(base, dict) else ev)]
-    entries += [(str(k), v) for k, v in variants.items() if k != BASE_VARIANT and isinstance(v, dict)]
-    return entries
+def _open_run(run_dir: str | Path) -> RunFolder:
+    """The run folder at ``run_dir`` (read only); UserError when there is no folder."""
+    run = RunFolder(run_dir, writer=False)
+    if not run.path.exists():
+        raise UserError(f"run folder not found: {str(run.path)!r}")
+    if not run.path.is_dir():
+        raise UserError(f"not a run folder: {str(run.path)!r}")
+    return run
 
 
 def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Collect what a run folder says about itself.
+    """Collect what a language-model run folder says about itself.
 
     Args:
         run_dir: A folder written by ``lm-train`` and/or ``lm-eval``.
@@ -134,32 +86,25 @@ def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     Returns:
         ``{"dir", "name", "data", "head", "steps", "best_val_ppl", "validation", "eval"}``:
         ``validation`` is a list of ``(step, tokens or None, ppl)`` in step order; ``eval``
-        is a list of ``(variant, result)`` pairs where ``result`` has the eval file's keys
-        (empty when there is no ``eval-<split>.json``).
+        is a list of ``(variant, result)`` pairs, the model first, where ``result`` has
+        the keys of an evaluation variant (empty when there is no ``eval-<split>.json``).
 
     Raises:
         UserError: The folder does not exist, has neither ``metrics.jsonl`` nor any
             ``eval-*.json``, or one of its files cannot be parsed.
     """
-    run = Path(run_dir)
-    if not run.exists():
-        raise UserError(f"run folder not found: {str(run)!r}")
-    if not run.is_dir():
-        raise UserError(f"not a run folder: {str(run)!r}")
-    has_metrics = (run / METRICS_FILE).is_file()
-    eval_files = sorted(p for p in run.glob("eval-*.json") if p.is_file())
-    if not has_metrics and not eval_files:
-        raise UserError(f"{str(run)!r} has no {METRICS_FILE} and no eval-*.json; is it a run folder?")
+    run = _open_run(run_dir)
+    if not run.has_metrics() and not run.result_names("eval-*"):
+        raise UserError(f"{str(run.path)!r} has no {METRICS_FILE} and no eval-*.json; is it a run folder?")
 
-    config = _read_object(run / "config.json") or {}
-    summary = _read_object(run / "summary.json") or {}
-    ev = _read_object(run / f"eval-{split}.json")
+    config = run.config_dict() or {}
+    summary = run.read_summary() or {}
+    ev = run.read_eval(split)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     head = model.get("head") or summary.get("head") or (ev or {}).get("head")
     data = config.get("data") or summary.get("data") or (ev or {}).get("data")
 
-    steps = read_metrics(run / METRICS_FILE) if has_metrics else []
-    merged = _by_step(steps)
+    merged = {int(row["step"]): row for row in run.read_metrics()}  # one row per step, resumes merged
     validation = []
     for step, row in merged.items():
         ppl = _number(row.get("val/ppl"))
@@ -171,14 +116,14 @@ def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     best = min(finite) if finite else _number(summary.get("best_val_ppl"))
     last_steps = [s for s in (max(merged, default=None), summary.get("step")) if isinstance(s, int)]
     return {
-        "dir": run,
+        "dir": run.path,
         "name": _display_name(run, head if isinstance(head, str) else None),
         "data": str(data) if data is not None else None,
         "head": str(head) if head is not None else None,
         "steps": max(last_steps) if last_steps else None,
         "best_val_ppl": best,
         "validation": validation,
-        "eval": _eval_entries(ev),
+        "eval": list(ev["variants"].items()) if ev is not None else [(BASE_VARIANT, {})],
         "has_eval": ev is not None,
     }
 

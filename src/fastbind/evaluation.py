@@ -1,0 +1,211 @@
+"""Stream evaluation of language models: bucketed perplexity, and cache/MbPA variants.
+
+Two ways to read a split:
+
+* :func:`evaluate`: ``batch_size`` contiguous rows, state carried, losses summed per
+  training-frequency bucket (validation during training, plain ``lm-eval``).
+* :func:`collect_stream`: the split as one stream (batch 1), keeping the output layer's
+  inputs ``H``, the targets ``Y`` and the model's ``log p(y_t)``, so evaluation-time memories
+  run over them (:func:`cache_log_probs`, :func:`mbpa_log_probs`) and are mixed in
+  (:func:`variant_log_probs`) without running the model again; :func:`bucket_results`
+  turns each variant's log-probabilities into perplexities overall and per bucket.
+
+A variant named ``name@sample`` is ``name`` restricted to the targets MbPA scored when it
+scored only a sample (see :func:`with_sample_variants`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fastbind.data.stream import ChunkStream
+from fastbind.errors import UserError
+from fastbind.memory import MbPA, NeuralCache, mix_log_probs
+from fastbind.training.buckets import BucketedNLL
+from fastbind.training.config import alias
+from fastbind.training.distributed import DistInfo
+
+__all__ = [
+    "SAMPLE",
+    "CacheSettings",
+    "MbPASettings",
+    "bucket_results",
+    "cache_log_probs",
+    "collect_stream",
+    "evaluate",
+    "format_table",
+    "mbpa_log_probs",
+    "variant_log_probs",
+    "with_sample_variants",
+]
+
+SAMPLE = "@sample"  # suffix of the variants restricted to the MbPA-scored targets
+
+
+@dataclass
+class CacheSettings:
+    """Neural cache (Grave et al. 2016); on when ``lam > 0`` (the paper: 10000, 0.3, 0.1)."""
+
+    size: int = 10000
+    theta: float = 0.3
+    lam: float = alias("lambda", default=0.0)  # the mixing weight (``lambda`` is a Python keyword)
+
+
+@dataclass
+class MbPASettings:
+    """MbPA (Sprechmann et al. 2018); on when ``lam > 0`` (the paper: K 1024, 1 step, lr 0.3, l2 0.5, λ 0.04)."""
+
+    lam: float = alias("lambda", default=0.0)  # the mixing weight
+    size: int = 0  # memory size; 0 = the cache size
+    k: int = 1024
+    steps: int = 1
+    lr: float = 0.3
+    l2: float = 0.5
+    eps: float = 1e-3
+    # Score MbPA on every n-th target only (the memory still sees every step): the +mbpa
+    # variants are then estimated on that sample, and the model and +cache are also
+    # reported on it ("model@sample", "+cache@sample") for a like-for-like comparison.
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise UserError(f"mbpa.stride must be a positive integer, got {self.stride}")
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int,
+    bptt: int,
+    acc: BucketedNLL,
+    device: torch.device,
+    max_tokens: int = 0,
+    info: DistInfo | None = None,
+    progress: bool = False,
+) -> dict:
+    """Perplexity of a split as ``batch_size`` contiguous rows with the state carried.
+
+    Under data parallelism the rows are split across ranks and the sums all-reduced.
+
+    Returns:
+        ``acc.result()``: ``{"ppl", "nll", "tokens", "buckets"}``.
+    """
+    was_training = model.training
+    model.eval()
+    if max_tokens:
+        tokens = tokens[: max_tokens + 1]
+    rank, world = (info.rank, info.world_size) if info else (0, 1)
+    stream = ChunkStream(tokens, batch_size, bptt, rank, world)
+    state = None
+    for x, y in tqdm(stream, desc="eval", leave=False, disable=not progress):
+        x, y = x.to(device), y.to(device)
+        out = model(x, state)
+        state = out.state
+        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+        acc.add(nll, y)
+    if world > 1:
+        for t in (acc.nll, acc.tokens):
+            dist.all_reduce(t)
+    model.train(was_training)
+    return acc.result()
+
+
+@torch.no_grad()
+def collect_stream(model, tokens: torch.Tensor, *, bptt: int, device: torch.device, max_tokens: int = 0,
+                   progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the model once over a split as one stream (batch 1, state carried).
+
+    Returns the output layer's inputs ``H (N-1, d)``, the targets ``Y (N-1,)`` and the
+    model's ``log p(y_t)`` ``LP (N-1,)``, so memories can be evaluated (and swept) on them
+    without running the model again.
+    """
+    model.eval()
+    if max_tokens:
+        tokens = tokens[: max_tokens + 1]
+    hs, ys, lps, state = [], [], [], None
+    starts = range(0, tokens.numel() - 1, bptt)
+    for s in tqdm(starts, desc="model", leave=False, disable=not progress):
+        x = tokens[s : min(s + bptt, tokens.numel() - 1)].to(device)
+        y = tokens[s + 1 : s + 1 + x.numel()].to(device)
+        out = model(x.unsqueeze(0), state)
+        state = out.state
+        logp = F.log_softmax(out.logits[0].float(), dim=-1)  # (L, V)
+        lps.append(logp.gather(1, y.unsqueeze(1)).squeeze(1))
+        hs.append(out.hidden[0].float())
+        ys.append(y)
+    return torch.cat(hs), torch.cat(ys), torch.cat(lps)
+
+
+def cache_log_probs(H: torch.Tensor, Y: torch.Tensor, s: CacheSettings, chunk: int = 256,
+                    progress: bool = False) -> torch.Tensor:
+    """``log p_cache(y_t)`` over a stream, the cache starting empty."""
+    cache = NeuralCache(size=s.size, theta=s.theta)
+    parts = [cache.log_prob(H[i : i + chunk], Y[i : i + chunk])
+             for i in tqdm(range(0, Y.numel(), chunk), desc="cache", leave=False, disable=not progress)]
+    return torch.cat(parts)
+
+
+def mbpa_log_probs(H: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   s: MbPASettings, default_size: int, chunk: int = 256, progress: bool = False) -> torch.Tensor:
+    """``log p_mbpa(y_t)`` over a stream, the memory starting empty; the weights are not changed.
+    With ``s.stride > 1`` only targets ``0, stride, 2·stride, …`` are scored (the rest are NaN)."""
+    mbpa = MbPA(size=s.size or default_size, k=s.k, steps=s.steps, lr=s.lr, l2=s.l2, eps=s.eps)
+    W, b = weight.detach().float(), None if bias is None else bias.detach().float()
+    pos = torch.arange(Y.numel(), device=Y.device)
+    parts = [mbpa.log_prob(H[i : i + chunk], Y[i : i + chunk], W, b,
+                           mask=None if s.stride == 1 else pos[i : i + chunk] % s.stride == 0)
+             for i in tqdm(range(0, Y.numel(), chunk), desc="mbpa", leave=False, disable=not progress)]
+    return torch.cat(parts)
+
+
+def variant_log_probs(lp: torch.Tensor, lp_cache: torch.Tensor | None, lp_mbpa: torch.Tensor | None,
+                      lam_cache: float, lam_mbpa: float) -> dict[str, torch.Tensor]:
+    """The model alone and mixed with each memory, as log-probabilities of the targets."""
+    out = {"model": lp}
+    if lp_cache is not None:
+        out["+cache"] = mix_log_probs(lp, (lam_cache, lp_cache))
+    if lp_mbpa is not None:
+        out["+mbpa"] = mix_log_probs(lp, (lam_mbpa, lp_mbpa))
+    if lp_cache is not None and lp_mbpa is not None:
+        out["+cache+mbpa"] = mix_log_probs(lp, (lam_cache, lp_cache), (lam_mbpa, lp_mbpa))
+    return with_sample_variants(out, lp_mbpa)
+
+
+def with_sample_variants(lps: dict[str, torch.Tensor], lp_mbpa: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """When MbPA scored only a sample of the targets (NaN elsewhere), add the model and
+    +cache restricted to that sample (``name@sample``), so that every variant can be compared
+    on the same targets. :func:`bucket_results` skips NaN targets."""
+    if lp_mbpa is None or not bool(torch.isnan(lp_mbpa).any()):
+        return lps
+    skipped = torch.isnan(lp_mbpa)
+    extra = {name + SAMPLE: lp.masked_fill(skipped, float("nan")) for name, lp in lps.items() if "mbpa" not in name}
+    return {**lps, **extra}
+
+
+def bucket_results(lps: dict[str, torch.Tensor], Y: torch.Tensor, train_counts: torch.Tensor,
+                   edges: tuple[int, ...]) -> dict[str, dict]:
+    """Perplexity overall and per frequency bucket of each variant's target log-probabilities."""
+    out = {}
+    for name, lp in lps.items():
+        acc = BucketedNLL.from_counts(train_counts, edges)
+        scored = ~torch.isnan(lp)  # a sampled variant (MbPA stride > 1) scores only some targets
+        acc.add(-lp[scored].cpu(), Y[scored].cpu())
+        out[name] = acc.result()
+    return out
+
+
+def format_table(result: dict, title: str) -> str:
+    """A bucketed result (``{"ppl", "tokens", "buckets"}``) as a small text table under ``title``."""
+    lines = [title, f"  {'bucket':<10} {'tokens':>10} {'ppl':>12}"]
+    for b in result["buckets"]:
+        ppl = "–" if b["ppl"] is None else f"{b['ppl']:,.2f}"
+        lines.append(f"  {b['name']:<10} {b['tokens']:>10,} {ppl:>12}")
+    lines.append(f"  {'all':<10} {result['tokens']:>10,} {result['ppl']:>12,.2f}")
+    return "\n".join(lines)

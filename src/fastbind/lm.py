@@ -1,0 +1,133 @@
+"""The language-model task: its settings, data, model, and a trained run loaded back.
+
+``lm-train`` builds a run from these pieces; ``lm-eval``, ``lm-sweep`` and ``demo`` rebuild a
+trained run's model and data from its folder with :func:`load_lm_run`, without importing the
+training recipe::
+
+    cfg = LMTrainConfig(data="ptb", model=LMConfig(head="hebbian"))
+    corpus = load_data(cfg)                       # train/valid/test ids, vocabulary, counts
+    model = build_model(cfg, len(corpus.vocab))
+    ...
+    run = load_lm_run("runs/ptb-hebb", "best")    # (cfg, model, corpus, checkpoint)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from fastbind.data import Corpus, load_corpus
+from fastbind.data.synthetic import SyntheticConfig
+from fastbind.errors import UserError
+from fastbind.models.lstm_lm import LMConfig, LSTMLM
+from fastbind.runs import RunFolder
+from fastbind.training.buckets import DEFAULT_EDGES
+from fastbind.training.config import alias, to_dict
+from fastbind.training.optim import OptimConfig
+
+__all__ = ["LMRun", "LMTrainConfig", "build_model", "check_vocab", "load_data", "load_lm_run", "vocab_digest"]
+
+
+@dataclass
+class LMTrainConfig:
+    """Settings of ``fastbind lm-train`` (every field is a ``key=value`` override).
+
+    Saved as the run folder's ``config.json`` and in every checkpoint; the short keys
+    ``head``, ``gamma``, ``T``, ``hidden``, ``emb_dim``, ``tied`` and ``lr`` set the model's
+    and the optimizer's fields of those names.
+    """
+
+    out: str = "runs/lm"  # run folder: config, vocab, metrics, checkpoints
+    data: str = "synthetic"  # synthetic | wikitext-2 | wikitext-103 | ptb | PATH
+    data_dir: str | None = None  # cache folder for named data sets (default ~/.cache/fastbind)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    max_steps: int = 2000
+    max_minutes: float = 0.0  # also stop (with a checkpoint) after this much wall time; 0 = off
+    stop_after: int = 0  # end this invocation after this many steps; re-running resumes
+    batch_size: int = 32  # rows of the global batch (split across ranks)
+    bptt: int = 35  # chunk length
+    carry_state: bool = False  # pass the LSTM state between training chunks (the paper does not)
+    eval_every: int = 500  # validation (and checkpoint) period; 0 = never validate
+    eval_batch_size: int = 10
+    eval_max_tokens: int = 0  # 0 = the whole validation split
+    log_every: int = 10
+    memorize_after: int = 0  # Hebbian: only count classes before this step, memorize after
+    buckets: tuple[int, ...] = DEFAULT_EDGES
+    tensorboard: bool | None = None  # None: when installed
+    progress: bool = True
+    model: LMConfig = alias("head", "gamma", "T", "hidden", "emb_dim", "tied", default_factory=LMConfig)
+    optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def load_data(cfg: LMTrainConfig) -> Corpus:
+    """The corpus ``cfg.data`` names (the synthetic one generated from ``cfg.synthetic`` and the seed)."""
+    cache = Path(cfg.data_dir) if cfg.data_dir else None
+    options = to_dict(cfg.synthetic) if cfg.data.strip().lower() == "synthetic" else {}
+    return load_corpus(cfg.data, cache, seed=cfg.seed, **options)
+
+
+def vocab_digest(corpus: Corpus) -> str:
+    """A digest of the vocabulary in id order (kept in checkpoints to catch a changed data set)."""
+    return hashlib.sha1("\n".join(corpus.vocab.itos).encode("utf-8")).hexdigest()
+
+
+def check_vocab(ck: dict[str, Any], ck_path: Path, corpus: Corpus, data: str) -> str:
+    """The corpus's vocabulary digest; UserError when the checkpoint was trained on another vocabulary."""
+    digest = vocab_digest(corpus)
+    if ck.get("vocab_digest") != digest:
+        raise UserError(f"{ck_path} was trained on a different vocabulary ({ck.get('vocab_size')} types) than "
+                        f"data={data} gives now ({len(corpus.vocab)} types)")
+    return digest
+
+
+def build_model(cfg: LMTrainConfig, vocab_size: int) -> LSTMLM:
+    """The (untrained) model of ``cfg`` for a vocabulary of ``vocab_size`` types."""
+    return LSTMLM(replace(cfg.model, vocab_size=vocab_size))
+
+
+class LMRun(NamedTuple):
+    """A trained run loaded back (unpacks as ``cfg, model, corpus, checkpoint``)."""
+
+    cfg: LMTrainConfig
+    model: LSTMLM
+    corpus: Corpus
+    checkpoint: dict[str, Any]
+
+
+def load_lm_run(run: RunFolder | str | os.PathLike[str], which: str = "best", device: str | torch.device = "cpu",
+                data_dir: str | None = None) -> LMRun:
+    """Rebuild a trained run's model (weights of ``<which>.pt``) and data from its folder.
+
+    ``best`` falls back to ``last.pt`` for a run trained without validation.
+
+    Args:
+        run: The run folder.
+        which: ``best`` or ``last``.
+        device: Where the model goes.
+        data_dir: Read the data from this cache folder instead of the run's.
+
+    Raises:
+        UserError: Not a run folder, no such checkpoint, a corrupt one, or one that does not
+            match the run's settings or today's vocabulary of its data.
+    """
+    run = run if isinstance(run, RunFolder) else RunFolder(run, writer=False)
+    cfg = run.load_config(LMTrainConfig)
+    if data_dir is not None:
+        cfg = replace(cfg, data_dir=data_dir)
+    ck, ck_path = run.load_checkpoint(which, fallback="last" if which == "best" else None)
+    corpus = load_data(cfg)
+    check_vocab(ck, ck_path, corpus, cfg.data)
+    model = build_model(cfg, len(corpus.vocab))
+    try:
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{ck_path} does not match the run's model settings ({str(e).splitlines()[0]})") from None
+    return LMRun(cfg, model.to(device), corpus, ck)
