@@ -18,6 +18,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def omniglot_zip():
+    """The function :func:`write_omniglot_zip` (tests build tiny Omniglot archives with it)."""
+    return write_omniglot_zip
+
+
 def write_omniglot_zip(path: Path, root: str, alphabets: dict[str, int], *, drawings: int = 20, seed: int = 0,
                        start: int = 0) -> Path:
     """A zip laid out like the official Omniglot archives: ``root/alphabet/characterNN/XXXX_DD.png``.

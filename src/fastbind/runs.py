@@ -154,7 +154,8 @@ class RunFolder:
             return None
         return save_checkpoint(self.checkpoint_path(name), state)
 
-    def load_checkpoint(self, name: str, *, fallback: str | None = None) -> tuple[dict[str, Any], Path]:
+    def load_checkpoint(self, name: str, *, fallback: str | None = None,
+                        map_location: Any = "cpu") -> tuple[dict[str, Any], Path]:
         """``(state, path)`` of ``<name>.pt``, or of ``<fallback>.pt`` when that is absent.
 
         Raises:
@@ -165,7 +166,7 @@ class RunFolder:
             path = self.checkpoint_path(fallback)
         if not path.is_file():
             raise UserError(f"{self.path} has no checkpoint {name}.pt")
-        return load_checkpoint(path), path
+        return load_checkpoint(path, map_location=map_location), path
 
     # ------------------------------------------------------------------ results
 

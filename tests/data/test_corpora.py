@@ -327,6 +327,11 @@ def _shared(name: str) -> Path:
 
 def test_real_wikitext2(tmp_path):
     folder = _shared("wikitext-2")
+
+    def snapshot():  # every path under the data folder with its size and modification time
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+    before = snapshot()
     t0 = time.perf_counter()
     c = load_corpus(folder, cache_dir=tmp_path)
     cold = time.perf_counter() - t0
@@ -335,7 +340,8 @@ def test_real_wikitext2(tmp_path):
     assert int(c.train_counts.sum()) == len(c.train)
     assert int(c.train_counts[c.vocab.eos_id]) == 36_718  # one <eos> per line
     assert _decode(c, "train")[:6] == ["<eos>", "=", "Valkyria", "Chronicles", "III", "="]
-    assert not (folder / corpora.CACHE_FOLDER).exists()  # read-only data stays untouched
+    assert snapshot() == before  # read-only data stays untouched (whatever was there before)
+    assert list(tmp_path.rglob("meta.json"))  # the encoded copy went to the cache folder instead
     t0 = time.perf_counter()
     warm = load_corpus(folder, cache_dir=tmp_path)
     hot = time.perf_counter() - t0

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_omniglot_zip
 from fastbind.data import omniglot
 from fastbind.data.download import DownloadError
 from fastbind.data.omniglot import augment, load_omniglot, read_omniglot
@@ -18,12 +17,12 @@ from fastbind.errors import UserError
 
 
 @pytest.fixture
-def archives(tmp_path):
+def archives(tmp_path, omniglot_zip):
     """Two zips sharing the identical alphabet Greek (as the official small1/small2 do) and an extracted folder."""
     folder = tmp_path / "omniglot"
-    write_omniglot_zip(folder / "small1.zip", "images_background_small1", {"Greek": 2, "Korean": 1})
-    write_omniglot_zip(folder / "small2.zip", "images_background_small2", {"Greek": 2, "Latin": 2})
-    extra = write_omniglot_zip(tmp_path / "x.zip", "images_extra", {"Tagalog": 1}, drawings=7)
+    omniglot_zip(folder / "small1.zip", "images_background_small1", {"Greek": 2, "Korean": 1})
+    omniglot_zip(folder / "small2.zip", "images_background_small2", {"Greek": 2, "Latin": 2})
+    extra = omniglot_zip(tmp_path / "x.zip", "images_extra", {"Tagalog": 1}, drawings=7)
     with zipfile.ZipFile(extra) as zf:
         zf.extractall(folder)  # folder/images_extra/Tagalog/character01/*.png
     return folder
@@ -61,7 +60,7 @@ def test_first_five_drawings_are_the_test_set(archives):
     assert int(test.max()) == 255 and int(test.min()) == 0  # ink is 255 on a 0 background
 
 
-def test_cache_is_used_and_invalidated(archives, tmp_path, monkeypatch):
+def test_cache_is_used_and_invalidated(archives, tmp_path, monkeypatch, omniglot_zip):
     first = load_omniglot(archives, tmp_path / "cache", progress=False)
     cache_files = list(archives.rglob("omniglot.pt"))
     assert len(cache_files) == 1  # beside the archives, the folder being writable
@@ -74,7 +73,7 @@ def test_cache_is_used_and_invalidated(archives, tmp_path, monkeypatch):
     again = load_omniglot(archives, tmp_path / "cache", progress=False)
     assert again.classes == first.classes and torch.equal(again.train_images, first.train_images)
     # Changing an archive (here: a class added to one zip) rebuilds the tensors.
-    write_omniglot_zip(archives / "small2.zip", "images_background_small2", {"Greek": 2, "Latin": 3})
+    omniglot_zip(archives / "small2.zip", "images_background_small2", {"Greek": 2, "Latin": 3})
     monkeypatch.undo()
     rebuilt = load_omniglot(archives, tmp_path / "cache", progress=False)
     assert rebuilt.num_classes == first.num_classes + 1
@@ -101,7 +100,7 @@ def test_read_only_folder_caches_elsewhere(archives, tmp_path):
                 p.chmod(0o755)
 
 
-def test_bad_input(tmp_path):
+def test_bad_input(tmp_path, omniglot_zip):
     with pytest.raises(UserError, match="does not exist"):
         load_omniglot(tmp_path / "missing", tmp_path, progress=False)
     (tmp_path / "empty").mkdir()
@@ -111,15 +110,15 @@ def test_bad_input(tmp_path):
     (tmp_path / "bad" / "a.zip").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="cannot read"):
         read_omniglot(tmp_path / "bad", progress=False)
-    few = write_omniglot_zip(tmp_path / "few" / "f.zip", "r", {"A": 1}, drawings=5)
+    few = omniglot_zip(tmp_path / "few" / "f.zip", "r", {"A": 1}, drawings=5)
     with pytest.raises(UserError, match="need more than"):
         read_omniglot(few, progress=False)
 
 
-def test_download_and_offline_error(tmp_path, monkeypatch):
+def test_download_and_offline_error(tmp_path, monkeypatch, omniglot_zip):
     src = tmp_path / "server"
-    a = write_omniglot_zip(src / "images_background.zip", "images_background", {"Greek": 2})
-    b = write_omniglot_zip(src / "images_evaluation.zip", "images_evaluation", {"Atlantean": 1})
+    a = omniglot_zip(src / "images_background.zip", "images_background", {"Greek": 2})
+    b = omniglot_zip(src / "images_evaluation.zip", "images_evaluation", {"Atlantean": 1})
     monkeypatch.setattr(omniglot, "OMNIGLOT_SOURCES", {a.name: a.as_uri(), b.name: b.as_uri()})
     data = load_omniglot("omniglot", tmp_path / "cache", progress=False)
     assert data.classes == ["Atlantean/character01", "Greek/character01", "Greek/character02"]

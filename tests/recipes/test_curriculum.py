@@ -7,16 +7,15 @@ import json
 import pytest
 import torch
 
-from conftest import write_omniglot_zip
 from fastbind.cli import main as cli
 from fastbind.recipes import curriculum as recipe
 from fastbind.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, omniglot_zip):
     folder = tmp_path_factory.mktemp("omniglot")
-    write_omniglot_zip(folder / "a.zip", "images_background", {"Greek": 5, "Latin": 4})
+    omniglot_zip(folder / "a.zip", "images_background", {"Greek": 5, "Latin": 4})
     return folder
 
 

@@ -37,8 +37,8 @@ from fastbind.errors import UserError
 from fastbind.memory import MbPA
 from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder
-from fastbind.training.checkpoint import load_checkpoint, rng_state, set_rng_state
-from fastbind.training.config import parse_cli, to_dict
+from fastbind.training.checkpoint import rng_state, set_rng_state
+from fastbind.training.config import alias, parse_cli, to_dict
 from fastbind.training.curriculum import Curriculum, combination_name
 
 Head = Literal["softmax", "hebbian", "mbpa"]
@@ -54,12 +54,12 @@ class MbPAHeadSettings:
     steps: int = 1
     lr: float = 0.3
     l2: float = 0.5
-    lam: float = 0.5  # p = (1 − λ)·p_softmax + λ·p_mbpa
+    lam: float = alias("lambda", default=0.5)  # p = (1 − λ)·p_softmax + λ·p_mbpa; set as mbpa.lambda=
     eps: float = 1e-3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
-            raise UserError(f"mbpa.lam must lie in [0, 1], got {self.lam}")
+            raise UserError(f"mbpa.lambda must lie in [0, 1], got {self.lam}")
 
 
 @dataclass
@@ -223,7 +223,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     gen = torch.Generator().manual_seed(seed + 1)  # batches and augmentation
     step, seconds, eval_seconds = 0, 0.0, 0.0
     if ck is not None:
-        ck = load_checkpoint(run.checkpoint_path("last"), map_location=device)
+        ck, _ = run.load_checkpoint("last", map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         cur.load_state_dict(ck["curriculum"])
