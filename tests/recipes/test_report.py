@@ -180,3 +180,52 @@ def test_table_shows_tokens_when_variants_score_different_targets() -> None:
     assert lines[0] == "| run | data | head | steps | valid ppl (best) | tokens | test ppl |"
     assert lines[3] == "| r +mbpa | ptb | softmax | 5 | 10.0 | 250 | 90.0 |"
     assert "tokens" not in markdown_table(rows[:1], []).splitlines()[0]
+
+
+# --------------------------------------------------------------------------- curriculum runs
+
+
+def _curriculum_run(root, name, head, seed, steps_per_level, batch_size=32):
+    sub = root / name
+    sub.mkdir(parents=True)
+    (sub / "config.json").write_text(json.dumps({"start_classes": 30, "new_classes": 5}))
+    levels, end, classes = [], 0, 30
+    for s in steps_per_level:
+        end += s
+        levels.append({"level": len(levels), "classes": classes, "steps": s, "end_step": end, "accuracy": 0.7,
+                       "seconds": s / 10})
+        classes += 5
+    rec = {"head": head, "objective": "l2", "T": 10, "gamma": 0.1, "lr": 0.008, "batch_size": batch_size,
+           "criterion": "new", "seed": seed, "total_classes": 100, "classes": classes - 5, "complete": False,
+           "step": end, "seconds": end / 10, "eval_seconds": end / 40, "levels": levels}
+    (sub / "curriculum.json").write_text(json.dumps(rec))
+
+
+def test_curriculum_report_merges_subruns_and_draws(tmp_path, capsys):
+    root = tmp_path / "omni"
+    flat = [10] * 11  # levels of 30 ... 80 classes; only 85, 90, 95 count
+    _curriculum_run(root, "softmax-s0", "softmax", 0, flat + [50, 60, 70])
+    _curriculum_run(root, "softmax-s1", "softmax", 1, flat + [70, 60, 50])
+    _curriculum_run(root, "hebbian-s0", "hebbian", 0, flat + [20, 30, 40])
+    _curriculum_run(root, "hebbian-s1", "hebbian", 1, flat + [40, 30, 20])
+    assert cli.main(["report", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| hebbian-l2-T10-g0.1-lr0.008-b32 | 2 | 95/95 |" in out and "| 30.0 ± 0.0 | 2.00× |" in out
+    assert "| softmax-lr0.008-b32 | 2 |" in out and "| 60.0 ± 0.0 | 1.00× |" in out
+    merged = json.loads((root / "curriculum.json").read_text())
+    assert set(merged["combinations"]) == {"hebbian-l2-T10-g0.1-lr0.008-b32", "softmax-lr0.008-b32"}
+    seeds = merged["combinations"]["softmax-lr0.008-b32"]["seeds"]
+    assert seeds["1"]["levels"][-1] == {"level": 13, "classes": 95, "steps": 50, "end_step": 290, "accuracy": 0.7,
+                                        "seconds": 5.0}
+    for name in ("steps_per_level.png", "classes_vs_steps.png"):
+        assert (root / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "steps_per_level.png" in (root / "report" / "report.md").read_text()
+
+
+def test_curriculum_report_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty")]) == 2
+    _curriculum_run(tmp_path / "omni", "softmax-s0", "softmax", 0, [10])
+    _write_run(tmp_path, "lm", head="softmax", metrics=[{"step": 10, "val/ppl": 100.0}])
+    assert cli.main(["report", str(tmp_path / "omni"), str(tmp_path / "lm")]) == 2
+    assert "not both" in capsys.readouterr().err

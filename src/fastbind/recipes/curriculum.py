@@ -242,6 +242,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
         steps_after = [r["steps"] for r in cur.levels if r["classes"] > 80]
         return {"head": head, "objective": cfg.objective[0], "T": cfg.T[0], "gamma": cfg.gamma[0], "lr": lr,
                 "batch_size": bs, "seed": seed, "criterion": cfg.criterion, "total_classes": total,
+                "start_classes": cfg.start_classes, "new_classes": cfg.new_classes,
                 "classes": cur.n, "step": step, "complete": cur.finished, "finished": finished,
                 "levels_passed": len(cur.levels), "seconds": seconds, "eval_seconds": eval_seconds,
                 "mean_steps_after_80": sum(steps_after) / len(steps_after) if steps_after else None,

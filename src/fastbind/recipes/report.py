@@ -32,6 +32,7 @@ from fastbind._io import atomic_write
 from fastbind.errors import UserError
 from fastbind.runs import BASE_VARIANT, METRICS_FILE, RunFolder
 from fastbind.training.config import format_help, parse_cli
+from fastbind.training.curriculum import merge_records
 
 __all__ = ["ReportConfig", "build_report", "format_ppl", "main", "markdown_table", "read_run"]
 
@@ -408,6 +409,145 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, split: str = "
     return {**paths, "table": table, "rows": rows, "bucket_names": names, "notes": notes}
 
 
+# --------------------------------------------------------------------------- curriculum runs
+
+
+def curriculum_records(run: RunFolder) -> list[dict[str, Any]]:
+    """The per-run ``curriculum.json`` records of a curriculum run folder (its own or its sub-runs')."""
+    def record(folder: RunFolder) -> dict[str, Any] | None:
+        rec = folder.read_result("curriculum") if folder.exists() else None
+        if rec is None or "levels" not in rec:
+            return None
+        cfg = folder.config_dict() or {}  # the level sizes, for records that do not carry them
+        return {"start_classes": cfg.get("start_classes", 30), "new_classes": cfg.get("new_classes", 5), **rec}
+
+    own = record(run)
+    if own is not None:
+        return [own]
+    return [r for sub in run.subruns() if (r := record(sub)) is not None]
+
+
+def _style(i: int) -> dict[str, str]:
+    """Colour and line style of the i-th line: ten colours, then the next line style."""
+    return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4]}
+
+
+def _band(ax: Any, xs: list[float], series: list[list[float]], style: dict[str, str], label: str) -> None:
+    """Mean line and, with two or more series, a mean ± 2σ band (σ over the series at each x)."""
+    import numpy as np
+
+    a = np.array(series, dtype=float)  # (seeds, len(xs)), NaN where a seed has no value
+    count = (~np.isnan(a)).sum(0)
+    mean = np.full(len(xs), np.nan)
+    mean[count > 0] = np.nanmean(a[:, count > 0], axis=0)  # NaN where no seed has a value (not drawn)
+    ax.plot(xs, mean, linewidth=1.6, label=label, **style)
+    if a.shape[0] > 1:
+        ok = count > 1
+        sd = np.zeros_like(mean)
+        sd[ok] = np.nanstd(a[:, ok], axis=0, ddof=1)
+        ax.fill_between(np.array(xs)[ok], (mean - 2 * sd)[ok], (mean + 2 * sd)[ok], color=style["color"], alpha=0.18,
+                        linewidth=0)
+
+
+def _steps_per_level_png(merged: dict[str, Any], title: str) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, c) in enumerate(merged["combinations"].items()):
+        per_seed = [{r["classes"]: r["steps"] for r in rec["levels"]} for rec in c["seeds"].values()]
+        xs = sorted({x for d in per_seed for x in d})
+        if not xs:
+            continue
+        series = [[d.get(x, math.nan) for x in xs] for d in per_seed]
+        _band(ax, xs, series, _style(i), f"{name} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
+    ax.set_xlabel("number of classes in the level")
+    ax.set_ylabel("training steps to pass the level")
+    ax.set_title(f"{title}: steps per level (mean, 2σ band over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _classes_vs_steps_png(merged: dict[str, Any], title: str) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    last = max((rec["step"] for c in merged["combinations"].values() for rec in c["seeds"].values()), default=0)
+    grid = [last * i / 200 for i in range(201)]
+    for i, (name, c) in enumerate(merged["combinations"].items()):
+        series = []
+        for rec in c["seeds"].values():
+            start = rec["levels"][0]["classes"] if rec["levels"] else rec["classes"]
+            # Classes introduced by step t: the first level's, then after each passed level its successor's.
+            after = [(r["end_step"], min(r["classes"] + rec["new_classes"], rec["total_classes"]))
+                     for r in rec["levels"]]
+            row = []
+            for t in grid:
+                n = max([k for e, k in after if e <= t], default=start)
+                row.append(n if t <= rec["step"] or rec.get("complete") else math.nan)
+            series.append(row)
+        _band(ax, grid, series, _style(i), name)
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("classes introduced")
+    ax.set_title(f"{title}: curriculum progress (mean, 2σ band over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def curriculum_table(merged: dict[str, Any]) -> str:
+    """One markdown line per combination: seeds, classes reached, mean steps per level after 80 classes."""
+    lines = ["| combination | seeds | classes reached | steps (mean) | steps/level after 80 classes "
+             "(mean ± sd over seeds) | speed-up vs softmax | evaluation share of time |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for row in merged["summary"]:
+        recs = list(merged["combinations"][row["combination"]]["seeds"].values())
+        mean, sd = row["mean_steps_after_80"], row["std_over_seeds"]
+        after = MISSING if mean is None else f"{mean:.1f}" + ("" if sd is None else f" ± {sd:.1f}")
+        speed = MISSING if row["speedup_vs_softmax"] is None else f"{row['speedup_vs_softmax']:.2f}×"
+        secs = sum(r["seconds"] for r in recs)
+        share = f"{sum(r['eval_seconds'] for r in recs) / secs:.0%}" if secs > 0 else MISSING
+        reached = "/".join(str(r["classes"]) for r in recs)
+        steps = sum(r["step"] for r in recs) / len(recs)
+        lines.append(f"| {row['combination']} | {row['seeds']} | {reached} | {steps:,.0f} | {after} | {speed} | "
+                     f"{share} |")
+    return "\n".join(lines)
+
+
+def build_curriculum_report(run_dirs: Sequence[str | Path], out: str | Path,
+                            title: str = "Omniglot curriculum") -> dict[str, Any]:
+    """Merge curriculum runs into ``curriculum.json`` and draw the Figure 3 and 9 analogues.
+
+    With one run folder the merged ``curriculum.json`` goes into it (beside its sub-runs),
+    with several into ``out``. Figures and ``report.md`` go into ``out``.
+
+    Returns:
+        ``{"merged", "table", "markdown", "steps_per_level", "classes_vs_steps", "curriculum"}``.
+    """
+    runs = [_open_run(d) for d in run_dirs]
+    records = [r for run in runs for r in curriculum_records(run)]
+    if not records:
+        raise UserError(f"no curriculum.json in {', '.join(str(r.path) for r in runs)} or their sub-folders")
+    merged = merge_records(records)
+    table = curriculum_table(merged)
+    figs = {"steps_per_level": _steps_per_level_png(merged, title),
+            "classes_vs_steps": _classes_vs_steps_png(merged, title)}
+    markdown = "\n".join([f"# {title}", "", table, "",
+                          "Steps per level after 80 classes: mean over seeds of each seed's mean over the levels "
+                          "that end with more than 80 classes; speed-up = the matching softmax run's value / this "
+                          "one's (same lr, batch size and criterion).", "",
+                          "![steps per level](steps_per_level.png)", "", "![classes vs steps](classes_vs_steps.png)",
+                          ""])
+    out = RunFolder(out)
+    target = RunFolder(runs[0].path) if len(runs) == 1 else out
+    paths = {"curriculum": target.write_result("curriculum", merged), "markdown": out.write_text("report.md", markdown)}
+    for key, blob in figs.items():
+        paths[key] = out.write_bytes(f"{key}.png", blob)
+    return {**paths, "merged": merged, "table": table}
+
+
+def is_curriculum_run(run: RunFolder) -> bool:
+    return bool(curriculum_records(run))
+
+
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: {USAGE}\n\nsettings:\n{format_help(ReportConfig)}")
@@ -415,6 +555,18 @@ def main(argv: list[str]) -> int:
     cfg, run_dirs = parse_cli(argv, ReportConfig)
     if not run_dirs:
         raise UserError(f"no run folders given (usage: {USAGE})")
+    runs = [_open_run(d) for d in run_dirs]
+    kinds = {is_curriculum_run(r) for r in runs}
+    if kinds == {True}:
+        out = Path(cfg.out) if cfg.out else Path(run_dirs[0]) / "report"
+        title = cfg.title if cfg.title != ReportConfig.title else "Omniglot curriculum"
+        result = build_curriculum_report(run_dirs, out, title=title)
+        print(result["table"])
+        for key in ("curriculum", "markdown", "steps_per_level", "classes_vs_steps"):
+            print(f"wrote {result[key]}")
+        return 0
+    if len(kinds) > 1:
+        raise UserError("give either curriculum run folders or language-model run folders, not both")
     out = Path(cfg.out) if cfg.out else Path(run_dirs[0]).absolute().parent / "report"
     result = build_report([Path(d) for d in run_dirs], out, split=cfg.split, title=cfg.title)
     print(result["table"])
