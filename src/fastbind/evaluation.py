@@ -12,6 +12,10 @@ Two ways to read a split:
 
 A variant named ``name@sample`` is ``name`` restricted to the targets MbPA scored when it
 scored only a sample (see :func:`with_sample_variants`).
+
+Classifiers over a growing class set (the Omniglot curriculum) are judged by
+:func:`accuracy` / :func:`predict`: argmax over the first ``n`` classes, optionally of the
+mixture with an MbPA memory's adapted prediction.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ __all__ = [
     "SAMPLE",
     "CacheSettings",
     "MbPASettings",
+    "accuracy",
     "bucket_results",
     "cache_log_probs",
     "collect_stream",
     "evaluate",
     "format_table",
     "mbpa_log_probs",
+    "predict",
     "variant_log_probs",
     "with_sample_variants",
 ]
@@ -209,3 +215,40 @@ def format_table(result: dict, title: str) -> str:
         lines.append(f"  {b['name']:<10} {b['tokens']:>10,} {ppl:>12}")
     lines.append(f"  {'all':<10} {result['tokens']:>10,} {result['ppl']:>12,.2f}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, n: int, mbpa: MbPA | None = None, lam: float = 0.0,
+            chunk: int = 512) -> torch.Tensor:
+    """Predicted classes in ``[0, n)`` for uint8 images ``(N, H, W)`` (ink 255), in eval mode.
+
+    ``model`` is a classifier over a growing class set with ``features(x)``,
+    ``classify(features, n)`` and ``output_layer(n)`` (e.g.
+    :class:`fastbind.models.convnet.ConvClassifier`). With an MbPA memory and ``lam > 0`` the
+    prediction is the argmax of ``(1 − lam)·softmax(logits) + lam·softmax(MbPA-adapted logits)``,
+    the adaptation seeing only the first ``n`` rows of the output layer.
+    """
+    was_training = model.training
+    model.eval()
+    preds = []
+    W, b = model.output_layer(n)
+    for i in range(0, images.shape[0], chunk):
+        x = images[i : i + chunk].float().div_(255).unsqueeze(1)
+        f = model.features(x)
+        logits = model.classify(f, n)
+        if mbpa is not None and len(mbpa) and lam > 0:
+            p = torch.lerp(logits.softmax(1), mbpa.logits(f, W, b).softmax(1), lam)
+            preds.append(p.argmax(1))
+        else:
+            preds.append(logits.argmax(1))
+    model.train(was_training)
+    return torch.cat(preds)
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, n: int,
+             mbpa: MbPA | None = None, lam: float = 0.0) -> float:
+    """Share of ``images`` whose predicted class (among the first ``n``) is the label."""
+    return float((predict(model, images, n, mbpa, lam) == labels).float().mean())

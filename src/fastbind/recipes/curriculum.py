@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from fastbind.data.omniglot import Omniglot, augment, load_omniglot
 from fastbind.errors import UserError
+from fastbind.evaluation import accuracy
 from fastbind.memory import MbPA
 from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder
@@ -128,36 +129,6 @@ def combinations(cfg: CurriculumConfig) -> list[CurriculumConfig]:
         out.append(replace(cfg, out=f"{cfg.out}/{name}", head=(head,), seeds=(seed,), objective=(obj,), T=(T,),
                            gamma=(gamma,), lr=(lr,), batch_size=(bs,)))
     return out
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model: ConvClassifier, images: torch.Tensor, n: int, mbpa: MbPA | None = None, lam: float = 0.0,
-            chunk: int = 512) -> torch.Tensor:
-    """Predicted classes in ``[0, n)`` for uint8 images ``(N, 28, 28)``; with MbPA, of the mixture."""
-    was_training = model.training
-    model.eval()
-    preds = []
-    W, b = model.output_layer(n)
-    for i in range(0, images.shape[0], chunk):
-        x = images[i : i + chunk].float().div_(255).unsqueeze(1)
-        f = model.features(x)
-        logits = model.classify(f, n)
-        if mbpa is not None and len(mbpa) and lam > 0:
-            p = torch.lerp(logits.softmax(1), mbpa.logits(f, W, b).softmax(1), lam)
-            preds.append(p.argmax(1))
-        else:
-            preds.append(logits.argmax(1))
-    model.train(was_training)
-    return torch.cat(preds)
-
-
-def accuracy(model: ConvClassifier, images: torch.Tensor, labels: torch.Tensor, n: int,
-             mbpa: MbPA | None = None, lam: float = 0.0) -> float:
-    """Share of ``images`` whose predicted class (among the first ``n``) is the label."""
-    return float((predict(model, images, n, mbpa, lam) == labels).float().mean())
 
 
 # --------------------------------------------------------------------------- one combination
