@@ -449,6 +449,15 @@ def _band(ax: Any, xs: list[float], series: list[list[float]], style: dict[str, 
                         linewidth=0)
 
 
+def _curve_png(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> bytes:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def _steps_per_level_png(merged: dict[str, Any], title: str) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -459,12 +468,8 @@ def _steps_per_level_png(merged: dict[str, Any], title: str) -> bytes:
             continue
         series = [[d.get(x, math.nan) for x in xs] for d in per_seed]
         _band(ax, xs, series, _style(i), f"{name} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
-    ax.set_xlabel("number of classes in the level")
-    ax.set_ylabel("training steps to pass the level")
-    ax.set_title(f"{title}: steps per level (mean, 2σ band over seeds)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _curve_png(fig, ax, "number of classes in the level", "training steps to pass the level",
+                      f"{title}: steps per level (mean, 2σ band over seeds)")
 
 
 def _classes_vs_steps_png(merged: dict[str, Any], title: str) -> bytes:
@@ -485,12 +490,8 @@ def _classes_vs_steps_png(merged: dict[str, Any], title: str) -> bytes:
                 row.append(n if t <= rec["step"] or rec.get("complete") else math.nan)
             series.append(row)
         _band(ax, grid, series, _style(i), name)
-    ax.set_xlabel("training steps")
-    ax.set_ylabel("classes introduced")
-    ax.set_title(f"{title}: curriculum progress (mean, 2σ band over seeds)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _curve_png(fig, ax, "training steps", "classes introduced",
+                      f"{title}: curriculum progress (mean, 2σ band over seeds)")
 
 
 def curriculum_table(merged: dict[str, Any]) -> str:
