@@ -163,9 +163,10 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     """Run (or resume) one combination; returns its curriculum record (also in ``curriculum.json``)."""
     run = RunFolder(cfg.out)
     head, seed, lr, bs = cfg.head[0], cfg.seeds[0], cfg.lr[0], cfg.batch_size[0]
+    device = torch.device(cfg.device)
     ck = None
     if run.has_checkpoint("last"):
-        ck, _ = run.load_checkpoint("last")
+        ck, _ = run.load_checkpoint("last", map_location=device)
         saved, now = ck["config"], to_dict(cfg)
         changed = [k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k]]
         if changed:
@@ -179,7 +180,6 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     order = _class_order(data, seed, total)
     tr_x, _, tr_off, tr_cnt = _relabelled(data.train_images, data.train_labels, order)
     te_x, te_y, te_off, te_cnt = _relabelled(data.test_images, data.test_labels, order)
-    device = torch.device(cfg.device)
     te_x, te_y = te_x.to(device), te_y.to(device)
 
     torch.manual_seed(seed)
@@ -197,7 +197,6 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     gen = torch.Generator().manual_seed(seed + 1)  # batches and augmentation
     step, seconds, eval_seconds = 0, 0.0, 0.0
     if ck is not None:
-        ck, _ = run.load_checkpoint("last", map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         cur.load_state_dict(ck["curriculum"])
