@@ -445,7 +445,9 @@ def _band(ax: Any, xs: list[float], series: list[list[float]], style: dict[str, 
         ok = count > 1
         sd = np.zeros_like(mean)
         sd[ok] = np.nanstd(a[:, ok], axis=0, ddof=1)
-        ax.fill_between(np.array(xs)[ok], (mean - 2 * sd)[ok], (mean + 2 * sd)[ok], color=style["color"], alpha=0.18,
+        # Steps and classes are never negative: the band's lower edge stops at 0.
+        ax.fill_between(np.array(xs)[ok], np.maximum(mean - 2 * sd, 0)[ok], (mean + 2 * sd)[ok],
+                        color=style["color"], alpha=0.18,
                         linewidth=0)
 
 
