@@ -13,11 +13,11 @@ training features). Usage::
     fastbind report runs/omniglot                                            # Figures 3 and 9
 
 ``head``, ``seeds``, ``objective``, ``lr``, ``T``, ``gamma`` and ``batch_size`` take lists;
-every combination runs in its own sub-folder of ``out`` (``hebbian-l2-T20-g0.1-lr0.008-b32-s0``;
-``-crit-all`` is added under ``criterion=all``),
-so combinations can also run as separate processes side by side. Each sub-folder is a run
-folder (config.json, metrics.jsonl, last.pt, curriculum.json with one record per level);
-re-running the same command resumes unfinished combinations and skips finished ones.
+every combination runs in its own sub-folder of ``out`` (``hebbian-l2-T20-g0.1-lr0.008-b32-s0``,
+with ``-crit-all`` under ``criterion=all``), so combinations can also run as separate processes
+side by side. Each sub-folder is a run folder (config.json, metrics.jsonl, last.pt,
+curriculum.json with one record per level); re-running the same command resumes unfinished
+combinations and skips finished ones. See docs/curriculum.md.
 """
 
 from __future__ import annotations
