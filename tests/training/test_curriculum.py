@@ -73,3 +73,15 @@ def test_merge_records_means_over_seeds_and_ratio_to_softmax():
     # No softmax run with batch 16: no ratio rather than a wrong one.
     assert rows["hebbian-l2-T20-g0.1-lr0.008-b16"]["speedup_vs_softmax"] is None
     assert set(merged["combinations"]["softmax-lr0.008-b32"]["seeds"]) == {"0", "1"}
+
+
+def test_mbpa_settings_keep_combinations_apart():
+    from fastbind.training.curriculum import merge_records
+
+    m1 = {"size": 1000, "k": 10, "steps": 1, "lr": 1.0, "l2": 0.5, "lam": 1.0, "eps": 1e-3}
+    m2 = {**m1, "lr": 0.1}
+    merged = merge_records([_record("mbpa", 0, [10], mbpa=m1), _record("mbpa", 0, [20], mbpa=m2),
+                            _record("mbpa", 1, [30], mbpa={**m1, "steps": 2})])
+    assert sorted(merged["combinations"]) == ["mbpa-K10-mlr0.1-lam1-mem1000-lr0.008-b32",
+                                              "mbpa-K10-mlr1-lam1-mem1000-lr0.008-b32",
+                                              "mbpa-K10-mlr1-lam1-mem1000-steps2-lr0.008-b32"]

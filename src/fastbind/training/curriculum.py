@@ -110,14 +110,22 @@ class Curriculum:
 
 # --------------------------------------------------------------------------- results of many runs
 
-SETTINGS = ("head", "objective", "T", "gamma", "lr", "batch_size", "criterion")
+SETTINGS = ("head", "objective", "T", "gamma", "lr", "batch_size", "criterion", "mbpa")
 BIND_FROM = 80  # the paper's comparison: levels that end with more than 80 classes
 
 
 def combination_name(settings: dict[str, Any]) -> str:
-    """``hebbian-l2-T20-g0.1-lr0.008-b32`` (Hebbian settings only for the Hebbian head)."""
+    """``hebbian-l2-T20-g0.1-lr0.008-b32``, ``mbpa-K10-mlr1-lam1-mem1000-lr0.008-b32``, ``softmax-lr0.008-b32``.
+
+    Hebbian settings appear only for the Hebbian head, the memory's (``settings["mbpa"]``:
+    k, lr, lam, size and, when not 1, steps) only for the MbPA head.
+    """
     s = settings
     parts = [s["head"]] + ([s["objective"], f"T{s['T']}", f"g{s['gamma']:g}"] if s["head"] == "hebbian" else [])
+    m = s.get("mbpa")
+    if s["head"] == "mbpa" and m:
+        parts += [f"K{m['k']}", f"mlr{m['lr']:g}", f"lam{m['lam']:g}", f"mem{m['size']}"]
+        parts += [f"steps{m['steps']}"] if m.get("steps", 1) != 1 else []
     parts += [f"lr{s['lr']:g}", f"b{s['batch_size']}"]
     if s.get("criterion", "new") != "new":
         parts.append(f"crit-{s['criterion']}")
@@ -141,7 +149,7 @@ def merge_records(records: list[dict[str, Any]]) -> dict[str, Any]:
     """
     combos: dict[str, dict[str, Any]] = {}
     for rec in records:
-        settings = {k: rec[k] for k in SETTINGS}
+        settings = {k: rec.get(k) for k in SETTINGS}
         name = combination_name(settings)
         combos.setdefault(name, {"settings": settings, "seeds": {}})["seeds"][str(rec["seed"])] = rec
     rows = []
