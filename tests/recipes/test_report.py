@@ -193,7 +193,7 @@ def _curriculum_run(root, name, head, seed, steps_per_level, batch_size=32):
     for s in steps_per_level:
         end += s
         levels.append({"level": len(levels), "classes": classes, "steps": s, "end_step": end, "accuracy": 0.7,
-                       "seconds": s / 10})
+                       "accuracy_all": 0.5 + seed / 10, "seconds": s / 10})
         classes += 5
     rec = {"head": head, "objective": "l2", "T": 10, "gamma": 0.1, "lr": 0.008, "batch_size": batch_size,
            "criterion": "new", "seed": seed, "total_classes": 100, "classes": classes - 5, "complete": False,
@@ -210,13 +210,13 @@ def test_curriculum_report_merges_subruns_and_draws(tmp_path, capsys):
     _curriculum_run(root, "hebbian-s1", "hebbian", 1, flat + [40, 30, 20])
     assert cli.main(["report", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "| hebbian-l2-T10-g0.1-lr0.008-b32 | 2 | 95/95 |" in out and "| 30.0 ± 0.0 | 2.00× |" in out
+    assert "| hebbian-l2-T10-g0.1-lr0.008-b32 | 2 | 95/95 |" in out and "| 30.0 ± 0.0 | 2.00× | 0.550 |" in out
     assert "| softmax-lr0.008-b32 | 2 |" in out and "| 60.0 ± 0.0 | 1.00× |" in out
     merged = json.loads((root / "curriculum.json").read_text())
     assert set(merged["combinations"]) == {"hebbian-l2-T10-g0.1-lr0.008-b32", "softmax-lr0.008-b32"}
     seeds = merged["combinations"]["softmax-lr0.008-b32"]["seeds"]
     assert seeds["1"]["levels"][-1] == {"level": 13, "classes": 95, "steps": 50, "end_step": 290, "accuracy": 0.7,
-                                        "seconds": 5.0}
+                                        "accuracy_all": 0.6, "seconds": 5.0}
     for name in ("steps_per_level.png", "classes_vs_steps.png"):
         assert (root / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "steps_per_level.png" in (root / "report" / "report.md").read_text()

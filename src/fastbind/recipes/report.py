@@ -497,10 +497,13 @@ def _classes_vs_steps_png(merged: dict[str, Any], title: str) -> bytes:
 
 
 def curriculum_table(merged: dict[str, Any]) -> str:
-    """One markdown line per combination: seeds, classes reached, mean steps per level after 80 classes."""
+    """One markdown line per combination: seeds, classes reached, mean steps per level after 80 classes,
+    the speed-up against softmax and the accuracy over every class so far when the last level passed
+    (mean over seeds): a head that binds new classes fast may do so at the old ones' expense."""
     lines = ["| combination | seeds | classes reached | steps (mean) | steps/level after 80 classes "
-             "(mean ± sd over seeds) | speed-up vs softmax | evaluation share of time |",
-             "|---|--:|--:|--:|--:|--:|--:|"]
+             "(mean ± sd over seeds) | speed-up vs softmax | accuracy over all classes at the last level "
+             "| evaluation share of time |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|"]
     for row in merged["summary"]:
         recs = list(merged["combinations"][row["combination"]]["seeds"].values())
         mean, sd = row["mean_steps_after_80"], row["std_over_seeds"]
@@ -510,8 +513,10 @@ def curriculum_table(merged: dict[str, Any]) -> str:
         share = f"{sum(r['eval_seconds'] for r in recs) / secs:.0%}" if secs > 0 else MISSING
         reached = "/".join(str(r["classes"]) for r in recs)
         steps = sum(r["step"] for r in recs) / len(recs)
+        last = [r["levels"][-1]["accuracy_all"] for r in recs if r["levels"] and "accuracy_all" in r["levels"][-1]]
+        acc = f"{sum(last) / len(last):.3f}" if last else MISSING
         lines.append(f"| {row['combination']} | {row['seeds']} | {reached} | {steps:,.0f} | {after} | {speed} | "
-                     f"{share} |")
+                     f"{acc} | {share} |")
     return "\n".join(lines)
 
 
