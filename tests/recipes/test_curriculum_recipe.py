@@ -97,8 +97,8 @@ def test_mbpa_settings_name_the_subfolder(data, tmp_path):
     assert cli(tiny(data, tmp_path / "c", "head=mbpa", "max_steps=5", "mbpa.lr=0.5")) == 0
     assert cli(tiny(data, tmp_path / "c", "head=mbpa", "max_steps=5", "mbpa.lambda=0.5")) == 0
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
-        "mbpa-K8-mlr0.5-lam1-mem64-lr0.008-b8-s0", "mbpa-K8-mlr1-lam0.5-mem64-lr0.008-b8-s0"]
-    rec = json.loads((tmp_path / "c" / "mbpa-K8-mlr1-lam0.5-mem64-lr0.008-b8-s0" / "curriculum.json").read_text())
+        "mbpa-K8-mlr0.1-lam0.5-mem64-lr0.008-b8-s0", "mbpa-K8-mlr0.5-lam1-mem64-lr0.008-b8-s0"]
+    rec = json.loads((tmp_path / "c" / "mbpa-K8-mlr0.1-lam0.5-mem64-lr0.008-b8-s0" / "curriculum.json").read_text())
     assert rec["mbpa"]["lam"] == 0.5 and rec["mbpa"]["k"] == 8
 
 
