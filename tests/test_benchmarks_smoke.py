@@ -60,4 +60,7 @@ def test_bench_curriculum_quick(tmp_path):
     for name in ("plain", "softmax", "hebbian", "mbpa"):
         r = res["results"][name]
         assert r["images_per_s_median"] > 0 and len(r["seconds_rounds"]) == res["settings"]["rounds"]
-        assert name == "plain" or r["ratio_to_plain"] > 0
+        assert name == "plain" or (r["ratio_to_plain"] > 0 and r["cpu_ratio_to_plain"] > 0)
+    costs = res["update_costs"]
+    for key in ("hebbian_memorize_s", "mbpa_write_s", "plain_step_s", "hebbian_memorize_share"):
+        assert costs[key] > 0, key
