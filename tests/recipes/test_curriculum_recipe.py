@@ -111,9 +111,12 @@ def test_bad_settings_are_one_line_errors(data, tmp_path, capsys, bad, message):
     assert message in err and err.count("\n") == 1 and not (tmp_path / "c").exists()
 
 
-def test_missing_data_and_changed_settings(data, tmp_path, capsys):
+def test_missing_data_and_changed_settings(data, tmp_path, capsys, omniglot_zip):
     assert cli(tiny(tmp_path / "nothing", tmp_path / "c")) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli(tiny(data, tmp_path / "c", "head=softmax", "max_steps=5")) == 0
     assert cli(tiny(data, tmp_path / "c", "head=softmax", "max_steps=10", "dropout=0.5")) == 2
     assert "different 'dropout'" in capsys.readouterr().err
+    other = omniglot_zip(tmp_path / "other" / "a.zip", "images_background", {"Greek": 5, "Korean": 4})
+    assert cli(tiny(other.parent, tmp_path / "c", "head=softmax", "max_steps=10")) == 2
+    assert "other Omniglot classes" in capsys.readouterr().err

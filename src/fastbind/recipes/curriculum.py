@@ -22,6 +22,7 @@ combinations and skips finished ones. See docs/curriculum.md.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import time
@@ -179,6 +180,10 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
         if changed:
             raise UserError(f"{run.path} holds a run with a different '{changed[0]}' ({saved.get(changed[0])!r}); "
                             f"use another out= or the same settings to resume")
+    digest = hashlib.sha1("\n".join(data.classes).encode("utf-8")).hexdigest()
+    if ck is not None and ck.get("classes_digest", digest) != digest:
+        raise UserError(f"{run.path} was trained on other Omniglot classes than data={cfg.data} holds now "
+                        f"({data.num_classes}); use the same archives or another out=")
     record = run.read_result("curriculum")
     if ck is None and record is not None:
         raise UserError(f"{run.path} has results but no checkpoint; use another out=")
@@ -233,7 +238,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
         run.save_checkpoint("last", {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg), "step": step,
             "curriculum": cur.state_dict(), "seconds": seconds, "eval_seconds": eval_seconds,
-            "rng": rng_state(), "generator": gen.get_state(),
+            "rng": rng_state(), "generator": gen.get_state(), "classes_digest": digest,
             "mbpa": mbpa.state_dict() if mbpa is not None else None,
         })
 
