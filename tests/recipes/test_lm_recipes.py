@@ -34,6 +34,11 @@ def test_dry_run_train_and_eval(tmp_path, capsys):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val/ppl" in r] == [10, 20]
+    for r in (r for r in rows if "val/ppl" in r):  # per bucket too; the buckets recombine to the overall
+        ppl, tokens = r["val/bucket_ppl"], r["val/bucket_tokens"]
+        assert list(ppl) == [">10K", "1K-10K", "100-1K", "<100"]
+        nll = sum(tokens[b] * math.log(ppl[b]) for b in ppl if tokens[b])
+        assert math.exp(nll / sum(tokens.values())) == pytest.approx(r["val/ppl"], rel=1e-9)
     ck = load_checkpoint(run / "last.pt")
     assert ck["step"] == 20 and ck["config"]["model"]["head"] == "hebbian"
     assert int(ck["model"]["head.counts"].sum()) == 20 * 4 * 10  # every target counted

@@ -98,7 +98,10 @@ def train(cfg: LMTrainConfig) -> dict:
         acc = BucketedNLL.from_counts(corpus.train_counts, cfg.buckets)
         val = evaluate(model, corpus.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, acc=acc,
                        device=device, max_tokens=cfg.eval_max_tokens, info=info)
-        log.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step})
+        log.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step,
+                       # per training-frequency bucket, for curves of each bucket over training
+                       "val/bucket_ppl": {b["name"]: b["ppl"] for b in val["buckets"]},
+                       "val/bucket_tokens": {b["name"]: b["tokens"] for b in val["buckets"]}})
         if info.is_primary and cfg.progress:
             bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}")
         if val["ppl"] < best:
