@@ -35,7 +35,7 @@ from fastbind.evaluation import (
     CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, mbpa_log_probs,
     with_sample_variants,
 )
-from fastbind.lm import load_lm_run
+from fastbind.lm import LMRun, load_lm_run
 from fastbind.memory import mix_log_probs
 from fastbind.runs import RunFolder, eval_record
 from fastbind.training.config import parse_cli
@@ -92,7 +92,8 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     """Run the grid on ``cfg.split``; writes ``sweep-<split>[-<tag>].json``/``.md`` (and, with
     ``apply_test``, the test evaluation) and returns the sweep result."""
     run = RunFolder(run_dir)
-    _, model, corpus, ck = load_lm_run(run, cfg.checkpoint, cfg.device)
+    lm = load_lm_run(run, cfg.checkpoint, cfg.device)
+    _, model, corpus, ck = lm
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
@@ -144,13 +145,16 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     run.write_text(f"{name}.md", md)
     result["markdown"] = md
     if cfg.apply_test:
-        result["test"] = apply_to_split(run, result, cfg, "test")
+        result["test"] = apply_to_split(run, lm, result, cfg, "test")
     return result
 
 
-def apply_to_split(run: RunFolder, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
-    """Evaluate each variant with its own best validation settings on ``split``; writes eval-<split>.json."""
-    train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, cfg.device)
+def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
+    """Evaluate each variant with its own best validation settings on ``split``; writes eval-<split>.json.
+
+    ``lm`` is the run as the sweep loaded it (model, corpus and checkpoint are not read again).
+    """
+    train_cfg, model, corpus, ck = lm
     H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.test_max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
