@@ -73,9 +73,6 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def name(self) -> str:
         """The folder's own name (resolved for ``.`` and ``..``)."""
@@ -169,9 +166,6 @@ class RunFolder:
         return load_checkpoint(path, map_location=map_location), path
 
     # ------------------------------------------------------------------ results
-
-    def result_path(self, name: str) -> Path:
-        return self.path / f"{name}.json"
 
     def write_result(self, name: str, data: dict[str, Any]) -> Path | None:
         """Write a result object as ``<name>.json`` (e.g. ``eval-test``, ``curriculum``)."""

@@ -196,7 +196,8 @@ def _curriculum_run(root, name, head, seed, steps_per_level, batch_size=32):
                        "accuracy_all": 0.5 + seed / 10, "seconds": s / 10})
         classes += 5
     rec = {"head": head, "objective": "l2", "T": 10, "gamma": 0.1, "lr": 0.008, "batch_size": batch_size,
-           "criterion": "new", "seed": seed, "total_classes": 100, "classes": classes - 5, "complete": False,
+           "criterion": "new", "seed": seed, "total_classes": 100, "start_classes": 30, "new_classes": 5,
+           "classes": classes - 5, "complete": False,
            "step": end, "seconds": end / 10, "eval_seconds": end / 40, "levels": levels}
     (sub / "curriculum.json").write_text(json.dumps(rec))
 

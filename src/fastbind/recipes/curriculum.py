@@ -41,7 +41,8 @@ from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder
 from fastbind.training.checkpoint import rng_state, set_rng_state
 from fastbind.training.config import alias, parse_cli, to_dict
-from fastbind.training.curriculum import Curriculum, combination_name
+from fastbind.training.curriculum import Curriculum, combination_name, mean_steps_after
+from fastbind.training.distributed import DistInfo, resolve_device
 
 Head = Literal["softmax", "hebbian", "mbpa"]
 Objective = Literal["l2", "ip", "svm", "smax"]
@@ -94,7 +95,7 @@ class CurriculumConfig:
     augment: bool = True  # rotation in [-30°, 30°] and shifts up to 10%, batched on tensors
     dropout: float = 0.2
     channels: int = 64
-    device: str = "cpu"  # cpu | cuda | cuda:N (the batches are small: a CPU does well)
+    device: str = "cpu"  # cpu | auto | cuda | cuda:N (the batches are small: a CPU does well)
     threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True
     mbpa: MbPAHeadSettings = field(default_factory=MbPAHeadSettings)
@@ -171,7 +172,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     """Run (or resume) one combination; returns its curriculum record (also in ``curriculum.json``)."""
     run = RunFolder(cfg.out)
     head, seed, lr, bs = cfg.head[0], cfg.seeds[0], cfg.lr[0], cfg.batch_size[0]
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device, DistInfo())  # one process
     ck = None
     if run.has_checkpoint("last"):
         ck, _ = run.load_checkpoint("last", map_location=device)
@@ -224,14 +225,13 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
         return te_x[a:b], te_y[a:b]
 
     def summary(finished: bool) -> dict:
-        steps_after = [r["steps"] for r in cur.levels if r["classes"] > 80]
         return {"head": head, "objective": cfg.objective[0], "T": cfg.T[0], "gamma": cfg.gamma[0], "lr": lr,
                 "batch_size": bs, "seed": seed, "criterion": cfg.criterion, "total_classes": total,
                 "mbpa": mbpa_settings(cfg) if head == "mbpa" else None,
                 "start_classes": cfg.start_classes, "new_classes": cfg.new_classes,
                 "classes": cur.n, "step": step, "complete": cur.finished, "finished": finished,
                 "levels_passed": len(cur.levels), "seconds": seconds, "eval_seconds": eval_seconds,
-                "mean_steps_after_80": sum(steps_after) / len(steps_after) if steps_after else None,
+                "mean_steps_after_80": mean_steps_after(cur.levels),
                 "levels": cur.levels}
 
     def checkpoint() -> None:
@@ -314,8 +314,7 @@ def run_curriculum(cfg: CurriculumConfig) -> list[dict]:
     """Every combination of ``cfg``, one after another (resuming or skipping those done)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device} but CUDA is not available")
+    resolve_device(cfg.device, DistInfo())  # a missing GPU fails here, before the data is read
     data = load_omniglot(cfg.data, cfg.data_dir, progress=cfg.progress)
     print(f"omniglot: {data.num_classes} classes from {len(data.alphabets)} alphabets "
           f"({len(data.train_labels)} training / {len(data.test_labels)} test images)", flush=True)

@@ -416,10 +416,7 @@ def curriculum_records(run: RunFolder) -> list[dict[str, Any]]:
     """The per-run ``curriculum.json`` records of a curriculum run folder (its own or its sub-runs')."""
     def record(folder: RunFolder) -> dict[str, Any] | None:
         rec = folder.read_result("curriculum") if folder.exists() else None
-        if rec is None or "levels" not in rec:
-            return None
-        cfg = folder.config_dict() or {}  # the level sizes, for records that do not carry them
-        return {"start_classes": cfg.get("start_classes", 30), "new_classes": cfg.get("new_classes", 5), **rec}
+        return rec if rec is not None and "levels" in rec else None  # not a merged file
 
     own = record(run)
     if own is not None:
@@ -511,8 +508,8 @@ def curriculum_table(merged: dict[str, Any]) -> str:
         speed = MISSING if row["speedup_vs_softmax"] is None else f"{row['speedup_vs_softmax']:.2f}×"
         secs = sum(r["seconds"] for r in recs)
         share = f"{sum(r['eval_seconds'] for r in recs) / secs:.0%}" if secs > 0 else MISSING
-        reached = "/".join(str(r["classes"]) for r in recs)
-        steps = sum(r["step"] for r in recs) / len(recs)
+        reached = "/".join(str(n) for n in row["classes_reached"])
+        steps = sum(row["steps"]) / len(row["steps"])
         last = [r["levels"][-1]["accuracy_all"] for r in recs if r["levels"] and "accuracy_all" in r["levels"][-1]]
         acc = f"{sum(last) / len(last):.3f}" if last else MISSING
         lines.append(f"| {row['combination']} | {row['seeds']} | {reached} | {steps:,.0f} | {after} | {speed} | "
@@ -553,7 +550,8 @@ def build_curriculum_report(run_dirs: Sequence[str | Path], out: str | Path,
 
 
 def is_curriculum_run(run: RunFolder) -> bool:
-    return bool(curriculum_records(run))
+    """Whether the folder or one of its sub-runs holds a ``curriculum.json`` (nothing is parsed)."""
+    return any(folder.result_names("curriculum") for folder in (run, *run.subruns()))
 
 
 def main(argv: list[str]) -> int:

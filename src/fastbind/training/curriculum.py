@@ -160,8 +160,7 @@ def merge_records(records: list[dict[str, Any]]) -> dict[str, Any]:
         std = (sum((x - mean) ** 2 for x in per_seed) / (len(per_seed) - 1)) ** 0.5 if len(per_seed) > 1 else None
         rows.append({"combination": name, **c["settings"], "seeds": len(c["seeds"]), "seeds_past_80": len(per_seed),
                      "mean_steps_after_80": mean, "std_over_seeds": std,
-                     "max_classes": [r["classes"] if not r.get("complete") else r["total_classes"]
-                                     for r in c["seeds"].values()],
+                     "classes_reached": [r["classes"] for r in c["seeds"].values()],
                      "steps": [r["step"] for r in c["seeds"].values()]})
     for row in rows:
         base = next((r for r in rows if r["head"] == "softmax" and all(r[k] == row[k] for k in
