@@ -44,3 +44,22 @@ def test_mbpa_mixture_ends():
     assert torch.equal(predict(model, images, 5, mbpa, lam=1.0), adapted)
     assert torch.equal(predict(model, images, 5, mbpa, lam=0.0), plain)
     assert torch.equal(predict(model, images, 5, MbPA(size=5), lam=1.0), plain)  # empty memory: the model
+
+
+def test_cache_variants_leave_the_empty_cache_out_at_the_first_target():
+    """+cache and +cache+mbpa at the first target (nothing stored yet) are the model and the model
+    with MbPA, renormalised, not (1 − λ)·p_model; afterwards they are the plain mixture."""
+    from fastbind.evaluation import CacheSettings, cache_defined, cache_log_probs, variant_log_probs
+    from fastbind.memory import mix_log_probs
+
+    torch.manual_seed(0)
+    H, Y = torch.randn(12, 5), torch.randint(0, 4, (12,))
+    lp = torch.log_softmax(torch.randn(12, 4), -1).gather(1, Y[:, None]).squeeze(1)
+    lp_cache = cache_log_probs(H, Y, CacheSettings(size=100, theta=0.3))
+    lp_mbpa = torch.log_softmax(torch.randn(12, 4), -1).gather(1, Y[:, None]).squeeze(1)
+    assert lp_cache[0] == float("-inf")  # the cache itself still says "nothing stored"
+    out = variant_log_probs(lp, lp_cache, lp_mbpa, 0.2, 0.1)
+    torch.testing.assert_close(out["+cache"][0], lp[0])
+    torch.testing.assert_close(out["+cache+mbpa"][0], torch.log((0.7 * lp[0].exp() + 0.1 * lp_mbpa[0].exp()) / 0.8))
+    torch.testing.assert_close(out["+cache"][1:], mix_log_probs(lp[1:], (0.2, lp_cache[1:])))
+    assert cache_defined(3).tolist() == [False, True, True]

@@ -40,6 +40,7 @@ __all__ = [
     "MbPASettings",
     "accuracy",
     "bucket_results",
+    "cache_defined",
     "cache_log_probs",
     "collect_stream",
     "evaluate",
@@ -158,6 +159,13 @@ def cache_log_probs(H: torch.Tensor, Y: torch.Tensor, s: CacheSettings, chunk: i
     return torch.cat(parts)
 
 
+def cache_defined(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(n,)`` bool: where a cache that starts the stream empty has something stored (every
+    target but the first), the mask :func:`~fastbind.memory.mix_log_probs` takes to leave the
+    cache out of the mixture where it is no distribution yet."""
+    return torch.arange(n, device=device) > 0
+
+
 def mbpa_log_probs(H: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    s: MbPASettings, default_size: int, chunk: int = 256, progress: bool = False) -> torch.Tensor:
     """``log p_mbpa(y_t)`` over a stream, the memory starting empty; the weights are not changed.
@@ -175,12 +183,13 @@ def variant_log_probs(lp: torch.Tensor, lp_cache: torch.Tensor | None, lp_mbpa: 
                       lam_cache: float, lam_mbpa: float) -> dict[str, torch.Tensor]:
     """The model alone and mixed with each memory, as log-probabilities of the targets."""
     out = {"model": lp}
-    if lp_cache is not None:
-        out["+cache"] = mix_log_probs(lp, (lam_cache, lp_cache))
+    cache = (lam_cache, lp_cache, cache_defined(lp.numel(), lp.device)) if lp_cache is not None else None
+    if cache is not None:
+        out["+cache"] = mix_log_probs(lp, cache)
     if lp_mbpa is not None:
         out["+mbpa"] = mix_log_probs(lp, (lam_mbpa, lp_mbpa))
-    if lp_cache is not None and lp_mbpa is not None:
-        out["+cache+mbpa"] = mix_log_probs(lp, (lam_cache, lp_cache), (lam_mbpa, lp_mbpa))
+    if cache is not None and lp_mbpa is not None:
+        out["+cache+mbpa"] = mix_log_probs(lp, cache, (lam_mbpa, lp_mbpa))
     return with_sample_variants(out, lp_mbpa)
 
 

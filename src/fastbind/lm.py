@@ -24,13 +24,15 @@ import torch
 from fastbind.data import Corpus, load_corpus
 from fastbind.data.synthetic import SyntheticConfig
 from fastbind.errors import UserError
+from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.lstm_lm import LMConfig, LSTMLM
 from fastbind.runs import RunFolder
 from fastbind.training.buckets import DEFAULT_EDGES
 from fastbind.training.config import alias, to_dict
 from fastbind.training.optim import OptimConfig
 
-__all__ = ["LMRun", "LMTrainConfig", "build_model", "check_vocab", "load_data", "load_lm_run", "vocab_digest"]
+__all__ = ["LMRun", "LMTrainConfig", "build_model", "check_vocab", "load_data", "load_lm_run", "resolve_auto",
+           "vocab_digest"]
 
 
 @dataclass
@@ -39,7 +41,8 @@ class LMTrainConfig:
 
     Saved as the run folder's ``config.json`` and in every checkpoint; the short keys
     ``head``, ``gamma``, ``T``, ``hidden``, ``emb_dim``, ``tied`` and ``lr`` set the model's
-    and the optimizer's fields of those names.
+    and the optimizer's fields of those names. ``gamma=auto`` / ``T=auto`` are resolved from
+    the training counts (:func:`resolve_auto`) and saved as numbers.
     """
 
     out: str = "runs/lm"  # run folder: config, vocab, metrics, checkpoints
@@ -57,6 +60,7 @@ class LMTrainConfig:
     eval_every: int = 500  # validation (and checkpoint) period; 0 = never validate
     eval_batch_size: int = 10
     eval_max_tokens: int = 0  # 0 = the whole validation split
+    patience: int = 0  # stop once validation has not improved for this many validations; 0 = off
     log_every: int = 10
     memorize_after: int = 0  # Hebbian: only count classes before this step, memorize after
     buckets: tuple[int, ...] = DEFAULT_EDGES
@@ -86,6 +90,23 @@ def check_vocab(ck: dict[str, Any], ck_path: Path, corpus: Corpus, data: str) ->
         raise UserError(f"{ck_path} was trained on a different vocabulary ({ck.get('vocab_size')} types) than "
                         f"data={data} gives now ({len(corpus.vocab)} types)")
     return digest
+
+
+def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
+    """``cfg`` with ``gamma=auto`` / ``T=auto`` replaced by numbers from the training counts.
+
+    The paper's rule (:func:`fastbind.layers.hebbian_softmax.paper_settings`): γ = 1/N_min and
+    T = N_min × epochs, with the epochs this run expects from its own step budget
+    (``max_steps × batch_size × bptt`` training tokens over the training split's length).
+    Settings that are numbers already are kept.
+    """
+    if "auto" not in (cfg.model.gamma, cfg.model.T):
+        return cfg
+    epochs = cfg.max_steps * cfg.batch_size * cfg.bptt / max(len(corpus.train), 1)
+    gamma, T = paper_settings(corpus.train_counts, epochs)
+    model = replace(cfg.model, gamma=gamma if cfg.model.gamma == "auto" else cfg.model.gamma,
+                    T=T if cfg.model.T == "auto" else cfg.model.T)
+    return replace(cfg, model=model)
 
 
 def build_model(cfg: LMTrainConfig, vocab_size: int) -> LSTMLM:

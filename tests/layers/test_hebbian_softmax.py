@@ -355,3 +355,16 @@ def test_two_ranks_with_unequal_batches_equal_one_process():
     assert torch.equal(r0["w"], r1["w"]) and torch.equal(r0["c"], r1["c"])
     assert torch.equal(r0["w"], single.weight.detach())
     assert torch.equal(r0["c"], single.counts)
+
+
+def test_paper_settings_follow_the_rule_from_the_smallest_seen_count():
+    from fastbind.layers.hebbian_softmax import paper_settings
+
+    counts = torch.tensor([0, 7, 3, 50, 0, 12])  # classes that never occur are left out: N_min = 3
+    assert paper_settings(counts, 10) == (1 / 3, 30)
+    assert paper_settings(counts, 2.4) == (1 / 3, 7)  # 7.2 rounds to 7
+    assert paper_settings(torch.tensor([1, 40]), 0.1) == (1.0, 1)  # N_min = 1 gives gamma = 1; T at least 1
+    for bad, epochs in ((torch.zeros(4, dtype=torch.int64), 1), (torch.tensor([2, -1]), 1),
+                        (torch.tensor([2, 3]), 0), (torch.tensor([[2]]), 1)):
+        with pytest.raises(ValueError):
+            paper_settings(bad, epochs)

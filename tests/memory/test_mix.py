@@ -63,3 +63,37 @@ def test_gradient_flows_to_the_inputs():
 def test_bad_inputs_raise(pairs, match):
     with pytest.raises(ValueError, match=match):
         mix_log_probs(torch.zeros(3), *pairs)
+
+
+def test_undefined_components_are_left_out_and_the_rest_renormalised():
+    """A cache with nothing stored (the first token of a stream) is no distribution: where its
+    mask is False the mixture falls back to the defined components, renormalised."""
+    torch.manual_seed(0)
+    V, n = 7, 4
+    p = torch.softmax(torch.randn(n, V, dtype=torch.float64), -1)
+    c = torch.softmax(torch.randn(n, V, dtype=torch.float64), -1)
+    m = torch.softmax(torch.randn(n, V, dtype=torch.float64), -1)
+    c[0] = 0.0  # position 0: the cache is empty, its "distribution" is all zeros
+    defined = torch.tensor([False, True, True, True])
+    lc, lm = 0.2, 0.1
+    y = torch.tensor([3, 1, 0, 6])
+    pick = lambda q: q.gather(1, y[:, None]).squeeze(1)  # noqa: E731
+    got = mix_log_probs(pick(p).log(), (lc, pick(c).log(), defined), (lm, pick(m).log()))
+    full = (1 - lc - lm) * p + lc * c + lm * m
+    want = full.clone()
+    want[0] = ((1 - lc - lm) * p[0] + lm * m[0]) / (1 - lc)  # the defined components, renormalised
+    torch.testing.assert_close(got, pick(want).log())
+    # every row of the renormalised mixture is a distribution (the unmasked one is not at t = 0)
+    assert torch.allclose(want.sum(-1), torch.ones(n, dtype=torch.float64))
+    assert full[0].sum() < 0.85
+    # a mask that is all True is the plain mixture; the cache alone, undefined, gives the model
+    torch.testing.assert_close(mix_log_probs(pick(p).log(), (lc, pick(c).log(), torch.ones(n, dtype=torch.bool))),
+                               pick((1 - lc) * p + lc * c).log())
+    torch.testing.assert_close(mix_log_probs(pick(p).log(), (lc, pick(c).log(), defined))[0], pick(p).log()[0])
+
+
+def test_a_bad_defined_mask_is_refused():
+    lp = torch.zeros(3)
+    for mask in (torch.ones(3), torch.ones(2, dtype=torch.bool), [True, True, True]):
+        with pytest.raises(ValueError, match="defined 1 must be a bool tensor"):
+            mix_log_probs(lp, (0.1, lp, mask))

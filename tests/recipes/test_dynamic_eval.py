@@ -48,6 +48,9 @@ def test_lm_eval_variants_match_direct_computation(run):
         "+mbpa": 0.9 * p + 0.1 * lp_m.double().exp(),
         "+cache+mbpa": 0.7 * p + 0.2 * lp_c.double().exp() + 0.1 * lp_m.double().exp(),
     }
+    # at the first target the cache holds nothing: it is left out and the rest renormalised
+    direct["+cache"][0] = p[0]
+    direct["+cache+mbpa"][0] = (0.7 * p[0] + 0.1 * lp_m[0].double().exp()) / 0.8
     for name, probs in direct.items():
         v = r["variants"][name]
         assert v["tokens"] == 600
@@ -95,6 +98,8 @@ def test_lm_eval_mbpa_stride_scores_a_sample(run):
     p, pc, pm = (x.double().exp()[::3] for x in (LP, lp_c, lp_m))  # targets 0, 3, 6, ...
     direct = {"model@sample": p, "+cache@sample": 0.8 * p + 0.2 * pc, "+mbpa": 0.9 * p + 0.1 * pm,
               "+cache+mbpa": 0.7 * p + 0.2 * pc + 0.1 * pm}
+    direct["+cache@sample"][0] = p[0]  # the empty cache at the first target is left out
+    direct["+cache+mbpa"][0] = (0.7 * p[0] + 0.1 * pm[0]) / 0.8
     for name, probs in direct.items():
         v = r["variants"][name]
         assert v["tokens"] == 200, name

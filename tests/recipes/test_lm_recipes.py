@@ -209,3 +209,41 @@ def test_demo_refuses_a_head(tmp_path, arg, capsys):
     assert cli(["demo", f"out={tmp_path / 'd'}", arg]) == 2
     assert "drop head=/model.head=" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_auto_gamma_and_T_resolve_from_the_counts_and_still_resume(tmp_path):
+    from fastbind.lm import LMTrainConfig, load_data
+    from fastbind.training.config import parse_cli
+
+    run = tmp_path / "auto"
+    settings = ("head=hebbian", "gamma=auto", "T=auto", "max_steps=30", "eval_every=10")
+    assert train(run, *settings, "stop_after=10") == 0
+    cfg, _ = parse_cli([f"out={run}", *TINY, *settings], LMTrainConfig)
+    counts = load_data(cfg).train_counts
+    n_min = int(counts[counts > 0].min())
+    epochs = 30 * 4 * 10 / len(load_data(cfg).train)
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert saved["gamma"] == 1 / n_min and saved["T"] == max(1, round(n_min * epochs))
+    assert load_checkpoint(run / "last.pt")["config"]["model"]["T"] == saved["T"]
+    assert train(run, *settings) == 0  # the same `auto` settings resume
+    assert load_checkpoint(run / "last.pt")["step"] == 30
+    assert train(run, *settings[:-2], "max_steps=3000", "eval_every=10") == 2  # another budget: another T
+
+
+def test_patience_stops_after_evaluations_without_improvement_and_resumes_the_count(tmp_path):
+    # lr=0.5 makes validation worse after the first evaluations
+    common = ("max_steps=200", "eval_every=2", "patience=2", "lr=0.5")
+    a = tmp_path / "a"
+    assert train(a, *common) == 0
+    vals = [json.loads(x)["val/ppl"] for x in (a / "metrics.jsonl").read_text().splitlines() if "val/ppl" in x]
+    best = vals.index(min(vals))
+    assert len(vals) == best + 3 and min(vals[best + 1:]) >= vals[best]  # two evaluations after the best
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["converged"] and summary["finished"] and summary["step"] == 2 * len(vals) < 200
+    # interrupted at the first evaluation after the best, the resumed run stops at the same step
+    b = tmp_path / "b"
+    assert train(b, *common, f"stop_after={2 * (best + 2)}") == 0
+    assert train(b, *common) == 0
+    assert load_checkpoint(b / "last.pt")["step"] == summary["step"]
+    assert train(b, *common) == 0  # already converged: nothing more
+    assert load_checkpoint(b / "last.pt")["step"] == summary["step"]

@@ -14,10 +14,17 @@ new entity              Zipf over a large pool of entity types ``E0, E1, ...`` (
                         them rare: they appear in few documents)
 repeat entity           uniform over the entities already seen in this document, so an
                         entity recurs within its document and then vanishes
+cue                     one of ``cue_words`` cue tokens ``C0, C1, ...`` (like "mr." or "the
+                        river"); every entity belongs to one cue, and the word after a cue
+                        is an entity of that cue (drawn by popularity), so a rare entity is
+                        partly predictable from the token before it, as in real text
 ======================  =============================================================
 
-While a document has no entity yet, the repeat component is unavailable and the other four
-weights are renormalised. Because the topic is announced in the header, the entity set is
+While a document has no entity yet, the repeat component is unavailable and the other
+weights are renormalised. A cue's probability is the total popularity of its entities, so
+entities reached through cues follow the same popularity as new-entity draws. The word slot
+right after an emitted cue belongs to the cue (its own draw is ignored); a cue that ends its
+sentence simply has no entity. Because the topic is announced in the header, the entity set is
 visible in the document so far, and the bigram needs only the previous token,
 ``p_gen(w_t | history)`` is exactly computable from the observable history
 (:meth:`SyntheticLanguage.nll`). The mean ``-log p_gen`` over a split, reported as
@@ -55,8 +62,9 @@ from fastbind.data.corpora import SPLITS, Corpus
 from fastbind.data.vocab import EOS, UNK, Vocabulary
 from fastbind.errors import UserError
 
-# Mixture components, in the order of the weight vector.
-BACKGROUND, TOPIC, BIGRAM, NEW_ENTITY, REPEAT_ENTITY = range(5)
+# Mixture components, in the order of the weight vector; CUED marks the word slot after a cue.
+BACKGROUND, TOPIC, BIGRAM, NEW_ENTITY, REPEAT_ENTITY, CUE = range(6)
+CUED = 6
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,9 @@ class SyntheticConfig:
         entity_zipf: Zipf exponent of entity popularity.
         bigram_successors: successors per previous token (drawn from the background dist.).
         bigram_decay: successor ``j`` has weight proportional to ``bigram_decay ** j``.
-        w_background, w_topic, w_bigram, w_new_entity, w_repeat_entity: mixture weights
-            (normalised to sum 1).
+        cue_words: number of cue tokens (each entity belongs to one, drawn uniformly).
+        w_background, w_topic, w_bigram, w_new_entity, w_repeat_entity, w_cue: mixture
+            weights (normalised to sum 1).
         mean_sentence_length: mean words per sentence (geometric, >= 1).
         mean_sentences_per_document: mean sentences per document (geometric, >= 1).
     """
@@ -87,7 +96,7 @@ class SyntheticConfig:
     valid_tokens: int = 100_000
     test_tokens: int = 100_000
     background_vocab: int = 10_000
-    background_zipf: float = 1.0
+    background_zipf: float = 1.1
     num_topics: int = 50
     topic_words: int = 200
     topic_skip_top: int = 100
@@ -100,9 +109,11 @@ class SyntheticConfig:
     w_topic: float = 0.25
     w_bigram: float = 0.2
     w_new_entity: float = 0.03
-    w_repeat_entity: float = 0.07
+    w_repeat_entity: float = 0.1
+    w_cue: float = 0.1
+    cue_words: int = 100
     mean_sentence_length: float = 20.0
-    mean_sentences_per_document: float = 15.0
+    mean_sentences_per_document: float = 80.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -114,6 +125,7 @@ class SyntheticConfig:
         need(self.background_vocab >= 1, "background_vocab must be >= 1")
         need(self.num_topics >= 1, "num_topics must be >= 1")
         need(self.entity_pool >= 0, "entity_pool must be >= 0")
+        need(self.cue_words >= 1 or self.w_cue == 0, "w_cue > 0 needs cue_words >= 1")
         need(self.bigram_successors >= 1, "bigram_successors must be >= 1")
         need(0 < self.bigram_decay <= 1, "bigram_decay must be in (0, 1]")
         need(self.mean_sentence_length >= 1, "mean_sentence_length must be >= 1")
@@ -122,7 +134,8 @@ class SyntheticConfig:
         need(all(x >= 0 for x in w) and sum(w) > 0, "mixture weights must be >= 0 and not all 0")
         need(sum(w[:REPEAT_ENTITY]) > 0, "some weight other than w_repeat_entity must be > 0")
         if self.entity_pool == 0:
-            need(self.w_new_entity == 0 and self.w_repeat_entity == 0, "entity weights need entity_pool > 0")
+            need(self.w_new_entity == 0 and self.w_repeat_entity == 0 and self.w_cue == 0,
+                 "entity weights (and w_cue) need entity_pool > 0")
         if self.w_topic > 0:
             need(
                 0 < self.topic_words <= self.background_vocab - min(self.topic_skip_top, self.background_vocab - 1),
@@ -132,9 +145,9 @@ class SyntheticConfig:
             need(getattr(self, f) >= 0, f"{f} must be >= 0")
 
     @property
-    def weights(self) -> tuple[float, float, float, float, float]:
+    def weights(self) -> tuple[float, float, float, float, float, float]:
         """The raw mixture weights in component order."""
-        return (self.w_background, self.w_topic, self.w_bigram, self.w_new_entity, self.w_repeat_entity)
+        return (self.w_background, self.w_topic, self.w_bigram, self.w_new_entity, self.w_repeat_entity, self.w_cue)
 
 
 def _zipf(n: int, exponent: float) -> np.ndarray:
@@ -160,6 +173,29 @@ def _segment_first(seg: np.ndarray, flag: np.ndarray, n_seg: int) -> np.ndarray:
     return first
 
 
+def _cue_slots(comp: np.ndarray, adjacent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which word slots emit a cue and which are taken by the cue before them.
+
+    A slot whose draw is ``CUE`` emits a cue unless the slot before it emitted one (then it
+    is that cue's entity). In a run of adjacent ``CUE`` draws the 1st, 3rd, … emit cues and
+    the 2nd, 4th, … are entities; the slot after a run whose last slot emitted a cue is an
+    entity too. Vectorised over runs.
+
+    Returns:
+        ``(emits, forced)`` boolean masks over the slots.
+    """
+    is_cue = comp == CUE
+    cont = np.zeros(len(comp), dtype=bool)
+    cont[1:] = adjacent[1:] & is_cue[:-1] & is_cue[1:]
+    start = is_cue & ~cont
+    run_start = np.maximum.accumulate(np.where(start, np.arange(len(comp)), 0))
+    k = np.arange(len(comp)) - run_start  # position inside the run
+    emits = is_cue & (k % 2 == 0)
+    forced = np.zeros(len(comp), dtype=bool)
+    forced[1:] = adjacent[1:] & emits[:-1]
+    return emits, forced
+
+
 def _first_occurrence(keys: np.ndarray) -> np.ndarray:
     """Boolean mask: ``keys[i]`` is the first occurrence of its value."""
     out = np.zeros(len(keys), dtype=bool)
@@ -172,7 +208,8 @@ class SyntheticLanguage:
     """The generator's fixed parameters (drawn once from the seed), a sampler, and exact NLL.
 
     Generator ids (``gid``): ``0 = <eos>``, ``1 = "="``, then ``num_topics`` topic tokens,
-    then the background words (by Zipf rank), then the entities (by popularity rank).
+    then the background words (by Zipf rank), then the entities (by popularity rank), then
+    the cue tokens (only when ``w_cue > 0``).
 
     Args:
         cfg: the configuration.
@@ -186,9 +223,12 @@ class SyntheticLanguage:
         self.topic0 = 2
         self.bg0 = self.topic0 + K
         self.ent0 = self.bg0 + V
-        self.size = self.ent0 + M
+        self.cue0 = self.ent0 + M
+        C = cfg.cue_words if cfg.w_cue > 0 else 0
+        self.size = self.cue0 + C
         self.tokens: list[str] = (
             [EOS, "="] + [f"topic_{k}" for k in range(K)] + [f"w{i}" for i in range(V)] + [f"E{i}" for i in range(M)]
+            + [f"C{i}" for i in range(C)]
         )
         self.p_background = _zipf(V, cfg.background_zipf)
         self.p_entity = _zipf(M, cfg.entity_zipf) if M else np.zeros(0)
@@ -208,6 +248,12 @@ class SyntheticLanguage:
         )
         beta = cfg.bigram_decay ** np.arange(cfg.bigram_successors, dtype=np.float64)
         self.p_successor = beta / beta.sum()
+        # Each entity's cue; a cue's prior is its entities' total popularity.
+        self.entity_cue = rng.integers(0, C, size=M) if C else np.zeros(M, dtype=np.int64)
+        self.p_cue = np.bincount(self.entity_cue, weights=self.p_entity, minlength=C) if C else np.zeros(0)
+        self.p_given_cue = self.p_entity / np.maximum(self.p_cue[self.entity_cue], 1e-300) if C else np.zeros(M)
+        self.cue_order = np.argsort(self.entity_cue, kind="stable")  # entities grouped by cue
+        self.cue_start = np.concatenate([[0], np.cumsum(np.bincount(self.entity_cue, minlength=C))])
         w = np.asarray(cfg.weights, dtype=np.float64)
         self.mix = w / w.sum()  # when the document has seen an entity
         w0 = w.copy()
@@ -260,12 +306,17 @@ class SyntheticLanguage:
         doc_w = np.searchsorted(hdr, word_pos, side="right") - 1  # document of each word
 
         # Component choice: one uniform per word, read through the "no entity yet" weights
-        # up to and including the document's first new-entity draw, through the full weights after.
+        # up to and including the document's first entity, through the full weights after.
         u = rng.random(W)
+        adjacent = np.zeros(W, dtype=bool)  # slot j follows slot j-1 directly (same sentence)
+        adjacent[1:] = word_pos[1:] == word_pos[:-1] + 1
         c_empty = _sample(np.cumsum(self.mix_empty), u)
         c_full = _sample(np.cumsum(self.mix), u)
-        first_new = _segment_first(doc_w, c_empty == NEW_ENTITY, D)
-        comp = np.where(np.arange(W) <= first_new[doc_w], c_empty, c_full)
+        emits, forced = _cue_slots(c_empty, adjacent)
+        first_ent = _segment_first(doc_w, forced | ((c_empty == NEW_ENTITY) & ~forced), D)
+        comp = np.where(np.arange(W) <= first_ent[doc_w], c_empty, c_full)
+        emits, forced = _cue_slots(comp, adjacent)
+        comp = np.where(forced, CUED, np.where(emits, CUE, comp))
 
         words = np.full(W, -1, dtype=np.int64)
         m = comp == BACKGROUND
@@ -275,11 +326,22 @@ class SyntheticLanguage:
         words[m] = self.bg0 + self.topic_table[topics[doc_w[m]], ranks]
         m_new = comp == NEW_ENTITY
         words[m_new] = self.ent0 + _sample(np.cumsum(self.p_entity), rng.random(int(m_new.sum())))
+        m_cue = comp == CUE
+        words[m_cue] = self.cue0 + _sample(np.cumsum(self.p_cue), rng.random(int(m_cue.sum())))
+        m_cued = comp == CUED
+        if m_cued.any():
+            # an entity of the previous slot's cue, by popularity: inverse CDF inside the cue's block
+            c = words[np.flatnonzero(m_cued) - 1] - self.cue0
+            cdf = np.cumsum(self.p_entity[self.cue_order])
+            lo = np.concatenate([[0.0], np.cumsum(self.p_cue)])[c]
+            i = np.searchsorted(cdf, lo + rng.random(len(c)) * self.p_cue[c], side="right")
+            i = np.clip(i, self.cue_start[c], self.cue_start[c + 1] - 1)
+            words[m_cued] = self.ent0 + self.cue_order[i]
         m_rep = comp == REPEAT_ENTITY
         if m_rep.any():
             # Distinct entities of each document in order of first appearance; only new-entity
-            # draws can introduce one, so their first occurrences (per document) list them all.
-            new_idx = np.flatnonzero(m_new)
+            # and cued draws can introduce one, so their first occurrences (per document) list them all.
+            new_idx = np.flatnonzero(m_new | m_cued)
             intro = np.zeros(W, dtype=bool)
             intro[new_idx[_first_occurrence(doc_w[new_idx] * self.size + words[new_idx])]] = True
             distinct = words[intro]  # grouped by document, in order
@@ -347,7 +409,8 @@ class SyntheticLanguage:
         w = tok[word_pos]
         doc_w = np.searchsorted(hdr, word_pos, side="right") - 1
         is_bg = (w >= self.bg0) & (w < self.ent0)
-        is_ent = w >= self.ent0
+        is_ent = (w >= self.ent0) & (w < self.cue0)
+        is_cue = w >= self.cue0
         bg = np.where(is_bg, w - self.bg0, 0)
         ent = np.where(is_ent, w - self.ent0, 0)
         # Entities seen in the document before t: count distinct earlier entity tokens.
@@ -367,6 +430,12 @@ class SyntheticLanguage:
         if self.cfg.entity_pool:
             p += mix[:, NEW_ENTITY] * np.where(is_ent, self.p_entity[ent], 0.0)
             p += mix[:, REPEAT_ENTITY] * np.where(seen_before, 1.0 / np.maximum(n_seen, 1), 0.0)
+        if len(self.p_cue):
+            p += mix[:, CUE] * np.where(is_cue, self.p_cue[np.where(is_cue, w - self.cue0, 0)], 0.0)
+            # the word after a cue is one of the cue's entities, whatever the mixture says
+            after_cue = prev >= self.cue0
+            own = is_ent & (self.entity_cue[ent] == prev - self.cue0)
+            p = np.where(after_cue, np.where(own, self.p_given_cue[ent], 0.0), p)
         with np.errstate(divide="ignore"):
             logp[word_pos] = cont + np.log(p)
         return -logp

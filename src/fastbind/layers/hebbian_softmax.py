@@ -43,6 +43,38 @@ _OBJECTIVES = ("l2", "ip", "svm", "smax")
 _NEIGHBOUR_BLOCK = 1 << 26
 
 
+def paper_settings(counts: torch.Tensor, epochs: float) -> tuple[float, int]:
+    """γ and T from the training counts by the paper's rule (Rae et al. 2018, section 3.1).
+
+    ``γ = 1 / N_min`` and ``T = N_min × epochs``, where ``N_min`` is the smallest count among
+    classes that occur in one training epoch (classes that never occur are left out) and
+    ``epochs`` is the number of epochs the run expects to train. The rule smooths each rare
+    class over the examples of one epoch and keeps memorizing until the representations have
+    settled. Where the rarest class occurs once (Penn Treebank) it gives ``γ = 1`` — every
+    memorized row is replaced by its latest batch mean until it has been seen ``T`` times.
+
+    Args:
+        counts: ``(V,)`` occurrences of each class in one training epoch.
+        epochs: training epochs expected (> 0); T is rounded to the nearest integer, at least 1.
+
+    Returns:
+        ``(gamma, T)``.
+
+    Raises:
+        ValueError: no class occurs, a negative count, or ``epochs <= 0``.
+    """
+    counts = torch.as_tensor(counts)
+    if counts.dim() != 1 or bool((counts < 0).any()):
+        raise ValueError("counts must be a 1-d tensor of non-negative occurrences")
+    seen = counts[counts > 0]
+    if seen.numel() == 0:
+        raise ValueError("no class occurs in the training counts")
+    if not epochs > 0 or not math.isfinite(epochs):
+        raise ValueError(f"epochs must be a positive number, got {epochs}")
+    n_min = int(seen.min())
+    return 1.0 / n_min, max(1, round(n_min * epochs))
+
+
 class HebbianSoftmax(nn.Module):
     """Linear output layer with Hebbian memorization of rare classes.
 

@@ -34,8 +34,8 @@ class LMConfig:
     layer_norm: bool = False
     tied: bool = True
     head: Literal["softmax", "hebbian"] = "softmax"
-    gamma: float = 0.25  # Hebbian γ
-    T: int = 500  # Hebbian T
+    gamma: float | Literal["auto"] = 0.25  # Hebbian γ; auto = 1/N_min of the training counts
+    T: int | Literal["auto"] = 500  # Hebbian T; auto = N_min × the run's epochs
     objective: Literal["l2", "ip", "svm", "smax"] = "l2"
 
 
@@ -70,6 +70,9 @@ class LSTMLM(nn.Module):
         self.d_out = d_out
         tied_weight = self.embedding.weight if cfg.tied else None
         if cfg.head == "hebbian":
+            if "auto" in (cfg.gamma, cfg.T):
+                raise ValueError("gamma/T 'auto' must be resolved from the training counts first "
+                                 "(fastbind.lm.resolve_auto)")
             self.head: nn.Module = HebbianSoftmax(d_out, V, gamma=cfg.gamma, T=cfg.T, weight=tied_weight,
                                                   objective=cfg.objective)
         elif cfg.head == "softmax":

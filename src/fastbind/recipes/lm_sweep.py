@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from fastbind.errors import UserError
 from fastbind.evaluation import (
-    CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, format_table, mbpa_log_probs,
-    with_sample_variants,
+    CacheSettings, MbPASettings, bucket_results, cache_defined, cache_log_probs, collect_stream, format_table,
+    mbpa_log_probs, with_sample_variants,
 )
 from fastbind.lm import LMRun, load_lm_run
 from fastbind.memory import mix_log_probs
@@ -114,11 +114,13 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
 
     model_nll = _nll(LP)
     LP_s = LP[::cfg.mbpa_stride]  # the MbPA-scored targets
+    defined = cache_defined(LP.numel(), LP.device)  # the cache is empty at the first target
+    defined_s = defined[::cfg.mbpa_stride]
     cache_rows = []
     for (size, theta), lpc in lp_cache.items():
         for lam in cfg.cache_lambdas:
             cache_rows.append({"size": size, "theta": theta, "lambda": lam,
-                               "ppl": math.exp(_nll(mix_log_probs(LP, (lam, lpc))))})
+                               "ppl": math.exp(_nll(mix_log_probs(LP, (lam, lpc, defined))))})
     best_cache = min(cache_rows, key=lambda r: r["ppl"])
     mbpa_rows, mix_rows = [], []
     for (size, k, steps), lpm in lp_mbpa.items():
@@ -128,7 +130,7 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
             for theta, lam_c in itertools.product(cfg.thetas, cfg.cache_lambdas):
                 if lam_c + lam_m >= 1:
                     continue
-                lp = mix_log_probs(LP_s, (lam_c, lp_cache[(size, theta)][::cfg.mbpa_stride]), (lam_m, lpm))
+                lp = mix_log_probs(LP_s, (lam_c, lp_cache[(size, theta)][::cfg.mbpa_stride], defined_s), (lam_m, lpm))
                 mix_rows.append({"size": size, "theta": theta, "cache_lambda": lam_c, "k": k, "steps": steps,
                                  "mbpa_lambda": lam_m, "ppl": math.exp(_nll(lp))})
     result = {
@@ -177,13 +179,14 @@ def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, sp
             done[("mbpa", size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk, cfg.progress)
         return done[("mbpa", size, k, steps)]
 
-    lps["+cache"] = mix_log_probs(LP, (bc["lambda"], cache_lp(bc["size"], bc["theta"])))
+    defined = cache_defined(LP.numel(), LP.device)  # the cache is empty at the first target
+    lps["+cache"] = mix_log_probs(LP, (bc["lambda"], cache_lp(bc["size"], bc["theta"]), defined))
     settings["+cache"] = bc
     if bm is not None:
         lps["+mbpa"] = mix_log_probs(LP, (bm["lambda"], mbpa_lp(bm["size"], bm["k"], bm["steps"])))
         settings["+mbpa"] = bm
     if bx is not None:
-        lps["+cache+mbpa"] = mix_log_probs(LP, (bx["cache_lambda"], cache_lp(bx["size"], bx["theta"])),
+        lps["+cache+mbpa"] = mix_log_probs(LP, (bx["cache_lambda"], cache_lp(bx["size"], bx["theta"]), defined),
                                            (bx["mbpa_lambda"], mbpa_lp(bx["size"], bx["k"], bx["steps"])))
         settings["+cache+mbpa"] = bx
     if bm is not None:

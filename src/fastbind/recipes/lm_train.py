@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from fastbind.data.stream import ChunkStream
 from fastbind.errors import UserError
 from fastbind.evaluation import evaluate
-from fastbind.lm import LMTrainConfig, build_model, check_vocab, load_data, vocab_digest
+from fastbind.lm import LMTrainConfig, build_model, check_vocab, load_data, resolve_auto, vocab_digest
 from fastbind.models.lstm_lm import detach_state
 from fastbind.runs import RunFolder
 from fastbind.training.buckets import BucketedNLL
@@ -44,28 +44,29 @@ def train(cfg: LMTrainConfig) -> dict:
     run = RunFolder(cfg.out)  # writes on the primary rank only
     out = run.path
 
-    # ---- resume check before anything is written
     ck, last_path = run.load_checkpoint("last") if run.has_checkpoint("last") else (None, None)
+    seed_everything(cfg.seed + info.rank)
+    corpus = load_data(cfg)
+    cfg = resolve_auto(cfg, corpus)  # gamma=auto / T=auto become numbers before they are compared or saved
+    # ---- resume check before anything is written
     if ck is not None:
         saved = from_dict(LMTrainConfig, ck["config"])
         for name in ("model", "data", "batch_size", "bptt", "carry_state", "seed"):
             if to_dict(saved).get(name) != to_dict(cfg).get(name):
                 raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
                                 f"use another out= or the same settings to resume")
-
-    seed_everything(cfg.seed + info.rank)
-    corpus = load_data(cfg)
     V = len(corpus.vocab)
     digest = check_vocab(ck, last_path, corpus, cfg.data) if ck is not None else vocab_digest(corpus)
     model = build_model(cfg, V).to(device)
     opt = build_optimizer(model.parameters(), cfg.optim)
     sched = build_scheduler(opt, cfg.optim, cfg.max_steps)
-    step, best, train_state = 0, math.inf, None
+    step, best, train_state, since_best = 0, math.inf, None, 0
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, best = int(ck["step"]), float(ck["best_val_ppl"])
+        since_best = int(ck.get("evals_since_best", 0))
         rngs = ck["rng"]
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
@@ -86,7 +87,7 @@ def train(cfg: LMTrainConfig) -> dict:
         rngs = gather_rng_states()
         state = {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "config": to_dict(cfg), "step": step, "best_val_ppl": best, "rng": rngs,
+            "config": to_dict(cfg), "step": step, "best_val_ppl": best, "evals_since_best": since_best, "rng": rngs,
             "vocab_digest": digest, "vocab_size": V, "data_position": step % len(stream),
             "train_state": list(train_state) if train_state is not None else None,
         }
@@ -94,7 +95,7 @@ def train(cfg: LMTrainConfig) -> dict:
 
     def validate() -> dict:
         """Validate, log it, and keep best.pt when it improves."""
-        nonlocal best
+        nonlocal best, since_best
         acc = BucketedNLL.from_counts(corpus.train_counts, cfg.buckets)
         val = evaluate(model, corpus.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, acc=acc,
                        device=device, max_tokens=cfg.eval_max_tokens, info=info)
@@ -105,8 +106,10 @@ def train(cfg: LMTrainConfig) -> dict:
         if info.is_primary and cfg.progress:
             bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}")
         if val["ppl"] < best:
-            best = val["ppl"]
+            best, since_best = val["ppl"], 0
             checkpoint("best")
+        else:
+            since_best += 1
         return val
 
     start_step, t0 = step, time.perf_counter()
@@ -115,7 +118,11 @@ def train(cfg: LMTrainConfig) -> dict:
                disable=not (info.is_primary and cfg.progress))
     loss_sum, loss_n, t_log, val = 0.0, 0, time.perf_counter(), None
     stopped_early = False
-    while step < cfg.max_steps:
+
+    def converged() -> bool:
+        return bool(cfg.patience) and since_best >= cfg.patience
+
+    while step < cfg.max_steps and not converged():
         model.train()
         x, y = (t.to(device) for t in stream.chunk(step))
         res = ddp_model(x, train_state if cfg.carry_state else None)
@@ -143,6 +150,10 @@ def train(cfg: LMTrainConfig) -> dict:
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             val = validate()
             checkpoint("last")
+            if converged():
+                if info.is_primary and cfg.progress:
+                    bar.write(f"step {step}: no improvement in {cfg.patience} validations, stopping")
+                break
         out_of_time = cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes
         if step == cfg.max_steps and not cfg.eval_every:
             checkpoint("last")
@@ -155,9 +166,11 @@ def train(cfg: LMTrainConfig) -> dict:
             break
     bar.close()
     if step == start_step and ck is not None and info.is_primary and cfg.progress:
-        print(f"{out}: already trained for {step} steps (max_steps={cfg.max_steps})")
+        print(f"{out}: already trained for {step} steps (max_steps={cfg.max_steps}"
+              + (f", stopped after {cfg.patience} validations without improvement)" if converged() else ")"))
     summary = {
-        "step": step, "max_steps": cfg.max_steps, "finished": step >= cfg.max_steps and not stopped_early,
+        "step": step, "max_steps": cfg.max_steps,
+        "finished": (step >= cfg.max_steps or converged()) and not stopped_early, "converged": converged(),
         "best_val_ppl": best, "last_val_ppl": val["ppl"] if val else None,
         "train_tokens": step * tokens_per_step, "seconds_this_run": time.perf_counter() - t0,
         "world_size": info.world_size, "head": model.cfg.head, "data": cfg.data, "vocab_size": V,
