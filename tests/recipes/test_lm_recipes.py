@@ -133,7 +133,17 @@ def test_demo_dry_run(tmp_path, capsys):
     assert cli(["demo", f"out={out}", "max_steps=6", "eval_every=3", *TINY]) == 0
     text = capsys.readouterr().out
     assert "| softmax |" in text and "| hebbian |" in text and "generator (entropy limit)" in text
-    assert "nats/token above the generator's entropy" in text
+    for row in ("softmax +cache", "softmax +mbpa", "hebbian +cache+mbpa", "hebbian (sample)", "sampled tokens (MbPA rows)"):
+        assert f"| {row} |" in text, row
+    assert "nats/token above the generator's entropy" in text and "Hebbian Softmax vs softmax, model alone" in text
+    variants = json.loads((out / "hebbian" / "eval-test.json").read_text())["variants"]
+    assert variants["+cache"]["settings"]["size"] in (500, 2000) and variants["+mbpa"]["settings"]["k"] == 64
+    # the two heads trained side by side give what they give one after the other
+    seq = tmp_path / "seq"
+    assert cli(["demo", f"out={seq}", "max_steps=6", "eval_every=3", "parallel=false", *TINY]) == 0
+    for head in ("softmax", "hebbian"):
+        a, b = (json.loads((d / head / "eval-test.json").read_text())["variants"] for d in (out, seq))
+        assert {k: v["ppl"] for k, v in a.items()} == pytest.approx({k: v["ppl"] for k, v in b.items()}, rel=1e-6)
     for name in ("validation.png", "buckets.png", "report.md"):
         assert (out / "report" / name).stat().st_size > 100
     assert (out / "softmax" / "eval-test.json").is_file() and (out / "hebbian" / "eval-test.json").is_file()

@@ -6,7 +6,7 @@ with a few vectorised numpy passes over the token ids:
 * **bucket shares**: the share of test tokens in each training-frequency bucket (Rae et al.
   2018, Table 2's buckets) and the share never seen in training;
 * **type–token growth**: distinct types among the first ``n`` training tokens, and the Heaps
-  exponent ``β`` of ``types ∝ n^β`` between the two largest ``n``;
+  exponent ``β`` of ``types ∝ n^β`` between consecutive ``n``;
 * **rare recurrence**: of the test tokens whose word is rare in training (count in
   ``[1, rare)``), the share whose word already occurred in the previous ``window`` tokens,
   and — where the corpus marks documents with WikiText-style `` = Title = `` header lines —
@@ -78,17 +78,15 @@ def rare_recurrence(tokens: np.ndarray, rare_mask: np.ndarray, window: int,
 
 def type_growth(tokens: np.ndarray, points: tuple[int, ...]) -> dict[str, Any]:
     """Distinct types among the first ``n`` tokens for each ``n`` in ``points`` (those the split
-    reaches), and the Heaps exponent between the two largest."""
+    reaches), and the Heaps exponent ``β`` of ``types ∝ n^β`` between each pair of consecutive
+    points (``"10000-100000": β``), so corpora of different sizes compare on a common range."""
     tokens = np.asarray(tokens)
     first = np.zeros(len(tokens), dtype=bool)
     first[np.unique(tokens, return_index=True)[1]] = True
     types_upto = np.cumsum(first)
     ns = [n for n in points if n <= len(tokens)]
     types = {int(n): int(types_upto[n - 1]) for n in ns}
-    beta = None
-    if len(ns) >= 2:
-        a, b = ns[-2], ns[-1]
-        beta = math.log(types[b] / types[a]) / math.log(b / a)
+    beta = {f"{a}-{b}": math.log(types[b] / types[a]) / math.log(b / a) for a, b in zip(ns, ns[1:])}
     return {"types": types, "heaps_beta": beta}
 
 

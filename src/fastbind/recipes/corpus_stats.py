@@ -46,7 +46,7 @@ def _row(s: dict) -> list[str]:
     shares = " / ".join(f"{100 * v:.0f}" for v in s["bucket_share"].values())
     types = " / ".join(f"{v:,}" for v in g["types"].values())
     doc = "–" if r["in_document"] is None else f"{100 * r['in_document']:.0f}%"
-    beta = "–" if g["heaps_beta"] is None else f"{g['heaps_beta']:.2f}"
+    beta = " / ".join(f"{v:.2f}" for v in g["heaps_beta"].values()) or "–"
     return [s["name"], f"{s['train_tokens']:,}", shares, types, beta, f"{100 * r['in_window']:.0f}%", doc,
             f"{c['gain_nats']:.2f}"]
 
@@ -55,7 +55,8 @@ def format_stats(stats: list[dict]) -> str:
     """A markdown table of :func:`corpus_statistics` results, one row per corpus."""
     s0 = stats[0]
     head = ["corpus", "train tokens", "test tokens % (" + " / ".join(s0["bucket_share"]) + ")",
-            "types after " + " / ".join(f"{n:,}" for n in s0["type_growth"]["types"]), "Heaps β",
+            "types after " + " / ".join(f"{n:,}" for n in s0["type_growth"]["types"]),
+            "Heaps β (" + " / ".join(s0["type_growth"]["heaps_beta"]) + ")",
             f"rare recur in {s0['settings']['window']:,}", "rare recur in doc", "context gain (nats)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_row(s)) + " |" for s in stats]

@@ -14,25 +14,44 @@ Re-running with the same ``out`` resumes (or reuses) the finished runs.
 
 from __future__ import annotations
 
+import json
 import math
+import multiprocessing
+import os
 import time
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from fastbind.data.synthetic import SyntheticConfig, token_nll
 from fastbind.errors import UserError
 from fastbind.lm import LMTrainConfig, load_data
 from fastbind.models.lstm_lm import LMConfig
 from fastbind.recipes.lm_eval import LMEvalConfig, run_eval
+from fastbind.recipes.lm_sweep import SweepConfig, sweep
 from fastbind.recipes.lm_train import train
 from fastbind.recipes.report import build_report
 from fastbind.training.buckets import BucketedNLL
 from fastbind.training.config import parse_cli, resolve_key
 
 
-def demo_defaults() -> LMTrainConfig:
-    """The demo's budget: ~10k word types, 600k training tokens, two runs of ~2 minutes on 2 cores."""
-    return LMTrainConfig(
+@dataclass
+class DemoConfig(LMTrainConfig):
+    """The demo's settings: every ``lm-train`` key (applied to both runs) and the memories'."""
+
+    memories: bool = True  # tune a neural cache and MbPA on validation and add them on test
+    mbpa: bool = True  # include MbPA (with memories=true)
+    memory_sizes: tuple[int, ...] = (500, 2000)  # cache and MbPA memory sizes tried
+    mbpa_k: int = 64  # MbPA neighbours
+    mbpa_stride: int = 4  # MbPA scored on every n-th target (its memory reads every one)
+    parallel: bool = True  # train and evaluate the two heads at once, each on half the cores
+
+
+def demo_defaults() -> DemoConfig:
+    """The demo's budget: ~10k word types, 600k training tokens, about 5 minutes on 2 cores."""
+    return DemoConfig(
         out="runs/demo",
         max_steps=400,
         eval_every=100,
@@ -58,42 +77,142 @@ def _fmt(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.1f}"
 
 
+VARIANT_ORDER = ("model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample")
+
+
 def comparison_table(results: dict[str, dict], limit: dict | None) -> str:
-    names = [b["name"] for b in next(iter(results.values()))["buckets"]]
+    """One row per head and memory variant (MbPA rows and ``@sample`` rows on the sampled targets)."""
+    first = next(iter(results.values()))
+    names = [b["name"] for b in first["buckets"]]
     rows = [f"| model | test ppl | {' | '.join(names)} |", "|---|---" + "|---" * len(names) + "|"]
-    for label, r in list(results.items()) + ([("generator (entropy limit)", limit)] if limit else []):
+    entries = []
+    for head, r in results.items():
+        variants = r.get("variants") or {"model": r}
+        for v in VARIANT_ORDER:
+            if v in variants:
+                label = {"model": head, "model@sample": f"{head} (sample)"}.get(v, f"{head} {v.replace('@sample', ' (sample)')}")
+                entries.append((label, variants[v]))
+    if limit:
+        entries.append(("generator (entropy limit)", limit))
+    for label, r in entries:
         cells = [_fmt(b["ppl"]) for b in r["buckets"]]
         rows.append(f"| {label} | {_fmt(r['ppl'])} | {' | '.join(cells)} |")
-    tokens = next(iter(results.values()))["buckets"]
-    rows.append(f"| test tokens | {next(iter(results.values()))['tokens']:,} | "
-                + " | ".join(f"{b['tokens']:,}" for b in tokens) + " |")
+    rows.append(f"| test tokens | {first['tokens']:,} | " + " | ".join(f"{b['tokens']:,}" for b in first["buckets"]) + " |")
+    sample = next((v for r in results.values() for k, v in (r.get("variants") or {}).items() if k.endswith("@sample")), None)
+    if sample:
+        rows.append(f"| sampled tokens (MbPA rows) | {sample['tokens']:,} | "
+                    + " | ".join(f"{b['tokens']:,}" for b in sample["buckets"]) + " |")
     return "\n".join(rows)
 
 
-def run_demo(cfg: LMTrainConfig) -> dict:
+def _train_config(cfg: DemoConfig, head: str) -> LMTrainConfig:
+    """The lm-train settings of one of the demo's runs (its own keys dropped)."""
+    base = {f.name: getattr(cfg, f.name) for f in fields(LMTrainConfig)}
+    return replace(LMTrainConfig(**base), out=str(Path(cfg.out) / head), model=replace(cfg.model, head=head))
+
+
+def demo_sweep(cfg: DemoConfig) -> SweepConfig:
+    """The small memory grid the demo tunes on validation (MbPA on every ``mbpa_stride``-th target)."""
+    return SweepConfig(split="valid", thetas=(0.1, 0.3), cache_lambdas=(0.05, 0.1, 0.15, 0.2, 0.3),
+                       sizes=tuple(cfg.memory_sizes), mbpa=cfg.mbpa, ks=(cfg.mbpa_k,), steps=(1,),
+                       mbpa_lambdas=(0.02, 0.05, 0.1), mbpa_stride=cfg.mbpa_stride,
+                       test_mbpa_stride=cfg.mbpa_stride, progress=cfg.progress)
+
+
+def _pct(new: float, old: float) -> str:
+    return f"{100 * (new / old - 1):+.1f}%"
+
+
+def summary_lines(results: dict[str, dict], limit: dict | None) -> list[str]:
+    """What the table shows, in words, from its numbers."""
+    lines = []
+    soft, hebb = results.get("softmax"), results.get("hebbian")
+    if soft and hebb:
+        names = [b["name"] for b in soft["buckets"]]
+        per = {b["name"]: b["ppl"] for b in soft["buckets"]}
+        diffs = [f"{n} {_pct(b['ppl'], per[n])}" for n, b in zip(names, hebb["buckets"], strict=True) if b["tokens"]]
+        verdict = "helps" if hebb["ppl"] < soft["ppl"] else "does not help"
+        lines.append(f"Hebbian Softmax vs softmax, model alone: {_pct(hebb['ppl'], soft['ppl'])} test perplexity "
+                     f"(by bucket: {', '.join(diffs)}) - at this budget it {verdict} overall.")
+    for head in ("softmax", "hebbian"):
+        r = results.get(head)
+        if not r or "variants" not in r:
+            continue
+        v = r["variants"]
+        parts = [f"{name} {_pct(v[name]['ppl'], v[base]['ppl'])}"
+                 for name, base in (("+cache", "model"), ("+mbpa", "model@sample"), ("+cache+mbpa", "model@sample"))
+                 if name in v and base in v]
+        if parts:
+            rare = v["+cache"]["buckets"][-1]["ppl"] / v["model"]["buckets"][-1]["ppl"] if "+cache" in v else None
+            tail = f"; the cache changes the rarest bucket by {100 * (rare - 1):+.0f}%" if rare else ""
+            lines.append(f"{head}: memories against the model alone (MbPA rows on the same sampled targets): "
+                         f"{', '.join(parts)}{tail}.")
+    if limit:
+        for head, r in results.items():
+            lines.append(f"{head}: {r['nll'] - limit['nll']:.3f} nats/token above the generator's entropy "
+                         f"({math.exp(limit['nll']):.1f} ppl)")
+    return lines
+
+
+def _one_head(cfg: DemoConfig, head: str) -> dict:
+    """Train one head's run and evaluate it on test (with the memories tuned on validation)."""
+    run_cfg = _train_config(cfg, head)
+    train(run_cfg)
+    if cfg.memories:
+        return sweep(Path(run_cfg.out), demo_sweep(cfg))["test"]
+    return run_eval(Path(run_cfg.out), LMEvalConfig(split="test", progress=cfg.progress))
+
+
+def _last_step(run_dir: Path) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_bytes().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _side_by_side(cfg: DemoConfig, heads: tuple[str, ...]) -> dict[str, dict]:
+    """Both heads at once in two processes, each with half the cores; one progress bar."""
+    threads = cfg.threads or max(1, (os.cpu_count() or 2) // 2)
+    child = replace(cfg, threads=threads, progress=False)
+    then = ", then tuning the neural cache and MbPA on validation" if cfg.memories else ""
+    print(f"== training {' and '.join(heads)} side by side ({cfg.max_steps} steps, {threads} thread(s) each){then}, "
+          "then the test split", flush=True)
+    with ProcessPoolExecutor(len(heads), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {head: pool.submit(_one_head, child, head) for head in heads}
+        with tqdm(total=cfg.max_steps * len(heads), desc="train both", disable=not cfg.progress) as bar:
+            while not all(f.done() for f in futures.values()):
+                steps = sum(_last_step(Path(cfg.out) / head) for head in heads)
+                bar.update(max(0, min(steps, bar.total) - bar.n))
+                bar.set_description("train both" if steps < bar.total else "memories")
+                time.sleep(1.0)
+        return {head: f.result() for head, f in futures.items()}
+
+
+def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     t0 = time.perf_counter()
-    results, runs = {}, []
-    for head in ("softmax", "hebbian"):
-        run_cfg = replace(cfg, out=str(out / head), model=replace(cfg.model, head=head))
-        print(f"== training {head} ({cfg.max_steps} steps) -> {run_cfg.out}", flush=True)
-        train(run_cfg)
-        print(f"== evaluating {head} on the test split", flush=True)
-        results[head] = run_eval(Path(run_cfg.out), LMEvalConfig(split="test", progress=cfg.progress))
-        runs.append(Path(run_cfg.out))
+    heads = ("softmax", "hebbian")
+    if cfg.parallel:
+        results = _side_by_side(cfg, heads)
+    else:
+        results = {}
+        for head in heads:
+            print(f"== {head}: training ({cfg.max_steps} steps)" + (", then tuning the neural cache and MbPA on "
+                  "validation" if cfg.memories else "") + ", then the test split", flush=True)
+            results[head] = _one_head(cfg, head)
+    runs = [out / head for head in heads]
     limit = generator_limit(cfg, tuple(cfg.buckets)) if cfg.data.strip().lower() == "synthetic" else None
     table = comparison_table(results, limit)
     report = build_report(runs, out / "report", split="test", title="fastbind demo: softmax vs Hebbian Softmax")
     print()
     print(f"Test perplexity by training-frequency bucket ({cfg.data}, {cfg.max_steps} steps each, seed {cfg.seed}):")
     print(table)
-    if limit:
-        for head, r in results.items():
-            print(f"{head}: {r['nll'] - limit['nll']:.3f} nats/token above the generator's entropy "
-                  f"({math.exp(limit['nll']):.1f} ppl)")
+    lines = summary_lines(results, limit)
+    print("\n".join(lines))
     print(f"plots and report: {report['validation']}, {report['buckets']}, {report['markdown']}")
     print(f"demo took {time.perf_counter() - t0:.0f} s")
-    return {"results": results, "limit": limit, "table": table, "report": report}
+    return {"results": results, "limit": limit, "table": table, "summary": lines, "report": report}
 
 
 CONFIG = demo_defaults()  # for `fastbind demo --help`: the demo's own defaults
@@ -102,7 +221,7 @@ CONFIG = demo_defaults()  # for `fastbind demo --help`: the demo's own defaults
 def main(argv: list[str]) -> int:
     if any(resolve_key(LMTrainConfig, a.partition("=")[0].strip()) == "model.head" for a in argv if "=" in a):
         raise UserError("the demo trains both heads; drop head=/model.head=")
-    cfg, rest = parse_cli(argv, LMTrainConfig, base=demo_defaults())
+    cfg, rest = parse_cli(argv, DemoConfig, base=demo_defaults())
     if rest:
         raise UserError(f"unexpected argument {rest[0]!r} (settings are key=value, e.g. out=runs/demo)")
     run_demo(cfg)
