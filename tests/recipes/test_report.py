@@ -230,3 +230,21 @@ def test_curriculum_report_errors(tmp_path, capsys):
     _write_run(tmp_path, "lm", head="softmax", metrics=[{"step": 10, "val/ppl": 100.0}])
     assert cli.main(["report", str(tmp_path / "omni"), str(tmp_path / "lm")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_bucket_curves_are_read_and_drawn_one_panel_per_bucket(tmp_path: Path) -> None:
+    per = lambda s: {n: 1000.0 / (i + 1) / s for i, n in enumerate(BUCKETS)}  # noqa: E731
+    rows = [{"step": s, "val/ppl": 300.0 / s, "tokens": 1120 * s, "val/bucket_ppl": per(s)} for s in (1, 2, 3)]
+    rows.insert(2, {"step": 2, "val/ppl": 1.0, "tokens": 2240, "val/bucket_ppl": per(9)})  # a resumed step: last wins
+    a = _write_run(tmp_path, "a", head="softmax", metrics=rows)
+    b = _write_run(tmp_path, "b", head="hebbian", metrics=[{"step": 5, "val/ppl": 9.0, "tokens": 5600}])  # no buckets
+    assert read_run(a)["validation_buckets"] == [(1, 1120.0, per(1)), (2, 2240.0, per(9)), (3, 3360.0, per(3))]
+    assert read_run(b)["validation_buckets"] == []
+    result = build_report([a, b], tmp_path / "rep", title="curves")
+    data = Path(result["validation_buckets"]).read_bytes()
+    assert data[:8] == PNG_MAGIC
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 3 * height  # four panels side by side
+    assert "](validation_buckets.png)" in result["markdown"].read_text(encoding="utf-8")
+    only_b = build_report([b], tmp_path / "rep_b", title="no buckets")
+    assert "validation_buckets" not in only_b and not (tmp_path / "rep_b" / "validation_buckets.png").exists()

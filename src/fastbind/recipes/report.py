@@ -11,6 +11,8 @@ Reads what ``lm-train`` and ``lm-eval`` leave in each run folder (``config.json`
 (default ``<parent of the first run>/report``):
 
 * ``validation.png``: validation perplexity against training tokens, one line per run;
+* ``validation_buckets.png``: the same per training-frequency bucket, one panel per bucket
+  (runs that logged ``val/bucket_ppl``);
 * ``buckets.png``: perplexity per frequency bucket on ``split`` (plus the overall one),
   one bar per run and per dynamic-evaluation variant (``+cache``, ``+mbpa``, ...);
 * ``report.md``: the same numbers as a table in the style of Table 2 of Rae et al. (2018).
@@ -85,8 +87,10 @@ def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         split: Which ``eval-<split>.json`` to read.
 
     Returns:
-        ``{"dir", "name", "data", "head", "steps", "best_val_ppl", "validation", "eval"}``:
-        ``validation`` is a list of ``(step, tokens or None, ppl)`` in step order; ``eval``
+        ``{"dir", "name", "data", "head", "steps", "best_val_ppl", "validation",
+        "validation_buckets", "eval"}``: ``validation`` is a list of ``(step, tokens or None,
+        ppl)`` in step order, ``validation_buckets`` of ``(step, tokens or None, {bucket:
+        ppl})`` for the validations that logged buckets; ``eval``
         is a list of ``(variant, result)`` pairs, the model first, where ``result`` has
         the keys of an evaluation variant (empty when there is no ``eval-<split>.json``).
 
@@ -106,12 +110,15 @@ def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     data = config.get("data") or summary.get("data") or (ev or {}).get("data")
 
     merged = {int(row["step"]): row for row in run.read_metrics()}  # one row per step, resumes merged
-    validation = []
+    validation, bucket_curves = [], []
     for step, row in merged.items():
         ppl = _number(row.get("val/ppl"))
         if ppl is not None:
             tokens = _number(row.get("tokens"))
             validation.append((step, tokens, ppl))
+            per = row.get("val/bucket_ppl")
+            if isinstance(per, dict):
+                bucket_curves.append((step, tokens, {str(k): _number(v) for k, v in per.items()}))
 
     finite = [p for _, _, p in validation if math.isfinite(p)]
     best = min(finite) if finite else _number(summary.get("best_val_ppl"))
@@ -124,6 +131,7 @@ def read_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         "steps": max(last_steps) if last_steps else None,
         "best_val_ppl": best,
         "validation": validation,
+        "validation_buckets": bucket_curves,
         "eval": list(ev["variants"].items()) if ev is not None else [(BASE_VARIANT, {})],
         "has_eval": ev is not None,
     }
@@ -308,6 +316,39 @@ def _validation_png(runs: list[dict[str, Any]], title: str) -> bytes:
     return _png(fig)
 
 
+def _validation_buckets_png(runs: list[dict[str, Any]], title: str) -> bytes | None:
+    """Validation perplexity per frequency bucket over training, one panel per bucket (a
+    Figure 4 analogue); None when no run logged buckets."""
+    from matplotlib.ticker import EngFormatter
+
+    curves = [run["validation_buckets"] for run in runs]
+    names = list(dict.fromkeys(b for c in curves for _, _, per in c for b in per))
+    if not names:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
+    use_tokens = all(t is not None for c in curves for _, t, _ in c)
+    for j, (name, ax) in enumerate(zip(names, axes[0], strict=True)):
+        for i, (run, c) in enumerate(zip(runs, curves, strict=True)):
+            pts = [(t if use_tokens else s, per[name]) for s, t, per in c
+                   if per.get(name) is not None and math.isfinite(per[name])]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.3, color=f"C{i % 10}", label=run["name"])
+        _plain_log_y(ax)
+        ax.set_title(f"bucket {name}", fontsize=10)
+        ax.set_xlabel("training tokens" if use_tokens else "training step")
+        if use_tokens:
+            ax.xaxis.set_major_formatter(EngFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        if j == 0:
+            ax.set_ylabel("validation perplexity (log scale)")
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: validation perplexity by training-frequency bucket", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
 _HATCHES = ("", "//", "..", "xx", "\\\\", "oo")
 
 
@@ -397,14 +438,21 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, split: str = "
         f"![{split} perplexity by frequency bucket](buckets.png)",
         "",
     ]
-    markdown = "\n".join(lines)
     validation = _validation_png(runs, title)
+    per_bucket = _validation_buckets_png(runs, title)
+    if per_bucket is not None:
+        lines += ["![validation perplexity by bucket over training](validation_buckets.png)", ""]
+    markdown = "\n".join(lines)
     buckets = _buckets_png(runs, rows, names, split, title)
 
     out = Path(out)
     paths = {"validation": out / "validation.png", "buckets": out / "buckets.png", "markdown": out / "report.md"}
+    blobs = [("validation", validation), ("buckets", buckets), ("markdown", markdown.encode("utf-8"))]
+    if per_bucket is not None:
+        paths["validation_buckets"] = out / "validation_buckets.png"
+        blobs.append(("validation_buckets", per_bucket))
     out.mkdir(parents=True, exist_ok=True)
-    for key, blob in (("validation", validation), ("buckets", buckets), ("markdown", markdown.encode("utf-8"))):
+    for key, blob in blobs:
         atomic_write(paths[key], lambda fh, blob=blob: fh.write(blob))
     return {**paths, "table": table, "rows": rows, "bucket_names": names, "notes": notes}
 
@@ -578,6 +626,7 @@ def main(argv: list[str]) -> int:
     print(result["table"])
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    for key in ("markdown", "validation", "buckets"):
-        print(f"wrote {result[key]}")
+    for key in ("markdown", "validation", "validation_buckets", "buckets"):
+        if key in result:
+            print(f"wrote {result[key]}")
     return 0
