@@ -257,3 +257,22 @@ def test_patience_stops_after_evaluations_without_improvement_and_resumes_the_co
     assert load_checkpoint(b / "last.pt")["step"] == summary["step"]
     assert train(b, *common) == 0  # already converged: nothing more
     assert load_checkpoint(b / "last.pt")["step"] == summary["step"]
+
+
+def test_demo_summary_says_what_the_table_shows():
+    from fastbind.recipes.demo import summary_lines
+
+    def res(ppl, buckets, variants=None):
+        r = {"ppl": ppl, "nll": math.log(ppl), "tokens": 10,
+             "buckets": [{"name": n, "tokens": 5, "ppl": p} for n, p in zip((">10K", "<100"), buckets)]}
+        if variants:
+            r["variants"] = {"model": dict(r), **variants}
+        return r
+
+    soft = res(100.0, [10.0, 1000.0])
+    hebb = res(110.0, [9.0, 1200.0], {"+cache": res(55.0, [8.0, 600.0])})
+    lines = summary_lines({"softmax": soft, "hebbian": hebb}, {"nll": math.log(50.0), "ppl": 50.0, "buckets": []})
+    assert "+10.0% test perplexity (by bucket: >10K -10.0%, <100 +20.0%) - at this budget it does not help overall" in lines[0]
+    assert lines[1] == ("hebbian: memories against the model alone (MbPA rows on the same sampled targets): "
+                        "+cache -50.0%; the cache changes the rarest bucket by -50%.")
+    assert lines[2].startswith("softmax: 0.693 nats/token above the generator's entropy (50.0 ppl)")
