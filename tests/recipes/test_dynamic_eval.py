@@ -81,6 +81,12 @@ def test_sweep_picks_the_grid_minimum_and_applies_it_to_test(run, capsys):
     assert t["variants"]["model"]["tokens"] == 300
     assert "+cache+MbPA" in capsys.readouterr().out
     assert (run / "sweep-valid.md").read_text().startswith("Sweep on valid")
+    # MbPA (and so the mixture) at one of the cache sizes only; the cache grid is unchanged
+    assert cli(args + ["mbpa_sizes=[200]", "tag=one", "apply_test=false"]) == 0
+    one = json.loads((run / "sweep-valid-one.json").read_text())
+    assert [r["size"] for r in one["grid"]["mbpa"]] == [200] and {r["size"] for r in one["grid"]["mixture"]} == {200}
+    assert len(one["grid"]["mixture"]) == 4 and one["grid"]["cache"] == s["grid"]["cache"]
+    assert one["grid"]["mbpa"][0] == next(r for r in s["grid"]["mbpa"] if r["size"] == 200)
 
 
 def test_lm_eval_mbpa_stride_scores_a_sample(run):
@@ -128,7 +134,7 @@ def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
     assert t["variants"]["model"]["tokens"] == 300 and t["mbpa_stride"] == 2
 
 
-@pytest.mark.parametrize("arg", ["mbpa_stride=0", "test_mbpa_stride=-1", "ks=[]", "tag=a/b"])
+@pytest.mark.parametrize("arg", ["mbpa_stride=0", "test_mbpa_stride=-1", "ks=[]", "tag=a/b", "mbpa_sizes=[7]"])
 def test_sweep_bad_settings(run, arg, capsys):
     assert cli(["lm-sweep", str(run), "progress=false", arg]) == 2
     err = capsys.readouterr().err

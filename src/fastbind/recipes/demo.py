@@ -43,9 +43,9 @@ class DemoConfig(LMTrainConfig):
 
     memories: bool = True  # tune a neural cache and MbPA on validation and add them on test
     mbpa: bool = True  # include MbPA (with memories=true)
-    memory_sizes: tuple[int, ...] = (500, 2000)  # cache and MbPA memory sizes tried
+    memory_sizes: tuple[int, ...] = (1000, 3000)  # cache sizes tried; MbPA uses the largest
     mbpa_k: int = 64  # MbPA neighbours
-    mbpa_stride: int = 4  # MbPA scored on every n-th target (its memory reads every one)
+    mbpa_stride: int = 8  # MbPA scored on every n-th target (its memory reads every one)
     parallel: bool = True  # train and evaluate the two heads at once, each on half the cores
 
 
@@ -112,10 +112,11 @@ def _train_config(cfg: DemoConfig, head: str) -> LMTrainConfig:
 
 
 def demo_sweep(cfg: DemoConfig) -> SweepConfig:
-    """The small memory grid the demo tunes on validation (MbPA on every ``mbpa_stride``-th target)."""
-    return SweepConfig(split="valid", thetas=(0.1, 0.3), cache_lambdas=(0.05, 0.1, 0.15, 0.2, 0.3),
-                       sizes=tuple(cfg.memory_sizes), mbpa=cfg.mbpa, ks=(cfg.mbpa_k,), steps=(1,),
-                       mbpa_lambdas=(0.02, 0.05, 0.1), mbpa_stride=cfg.mbpa_stride,
+    """The small memory grid the demo tunes on validation: the cache at every size in
+    ``memory_sizes``, MbPA (and the mixture) at the largest, scored on every ``mbpa_stride``-th target."""
+    return SweepConfig(split="valid", thetas=(0.05, 0.1, 0.2), cache_lambdas=(0.1, 0.2, 0.3, 0.4),
+                       sizes=tuple(cfg.memory_sizes), mbpa=cfg.mbpa, mbpa_sizes=(max(cfg.memory_sizes),),
+                       ks=(cfg.mbpa_k,), steps=(1,), mbpa_lambdas=(0.05, 0.1, 0.2), mbpa_stride=cfg.mbpa_stride,
                        test_mbpa_stride=cfg.mbpa_stride, progress=cfg.progress)
 
 

@@ -54,6 +54,7 @@ class SweepConfig:
     cache_lambdas: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
     sizes: tuple[int, ...] = (1000, 5000, 8000, 9000, 10000)
     mbpa: bool = True  # also sweep MbPA and the mixture (each MbPA pass is O(K·V) per token)
+    mbpa_sizes: tuple[int, ...] | None = None  # MbPA memory sizes, each one of `sizes` (None: all of them)
     mbpa_lambdas: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.10)
     ks: tuple[int, ...] = (512, 1024)
     steps: tuple[int, ...] = (1, 2)
@@ -75,8 +76,11 @@ class SweepConfig:
             raise UserError(f"split must be valid, test or train, got {self.split!r}")
         if not self.thetas or not self.cache_lambdas or not self.sizes:
             raise UserError("thetas, cache_lambdas and sizes must each have at least one value")
-        if self.mbpa and (not self.mbpa_lambdas or not self.ks or not self.steps):
-            raise UserError("mbpa_lambdas, ks and steps must each have at least one value (or mbpa=false)")
+        if self.mbpa and (not self.mbpa_lambdas or not self.ks or not self.steps or self.mbpa_sizes == ()):
+            raise UserError("mbpa_lambdas, ks, steps and mbpa_sizes must each have at least one value (or mbpa=false)")
+        if self.mbpa_sizes and not set(self.mbpa_sizes) <= set(self.sizes):
+            raise UserError(f"every mbpa_sizes value must be one of sizes {list(self.sizes)} (the mixture pairs "
+                            f"a cache and an MbPA memory of one size), got {list(self.mbpa_sizes)}")
         if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
             raise UserError(f"tag may hold only letters, digits, '-', '_' and '.', got {self.tag!r}")
         for name in ("mbpa_stride", "test_mbpa_stride"):
@@ -97,7 +101,8 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
     W, b = model.output_layer()
-    n_passes = len(cfg.sizes) * len(cfg.thetas) + (len(cfg.sizes) * len(cfg.ks) * len(cfg.steps) if cfg.mbpa else 0)
+    mbpa_sizes = cfg.mbpa_sizes or cfg.sizes
+    n_passes = len(cfg.sizes) * len(cfg.thetas) + (len(mbpa_sizes) * len(cfg.ks) * len(cfg.steps) if cfg.mbpa else 0)
     bar = tqdm(total=n_passes, desc="sweep", disable=not cfg.progress)
     lp_cache: dict[tuple[int, float], torch.Tensor] = {}
     for size, theta in itertools.product(cfg.sizes, cfg.thetas):
@@ -105,7 +110,7 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
         bar.update(1)
     lp_mbpa: dict[tuple[int, int, int], torch.Tensor] = {}
     if cfg.mbpa:
-        for size, k, steps in itertools.product(cfg.sizes, cfg.ks, cfg.steps):
+        for size, k, steps in itertools.product(mbpa_sizes, cfg.ks, cfg.steps):
             s = MbPASettings(lam=1.0, size=size, k=k, steps=steps, lr=cfg.lr, l2=cfg.l2, eps=cfg.eps,
                              stride=cfg.mbpa_stride)
             lp_mbpa[(size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk)[::cfg.mbpa_stride]
