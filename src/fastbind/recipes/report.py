@@ -343,7 +343,10 @@ def _validation_buckets_png(runs: list[dict[str, Any]], title: str) -> bytes | N
         ax.grid(True, which="both", alpha=0.3)
         if j == 0:
             ax.set_ylabel("validation perplexity (log scale)")
-            ax.legend(fontsize=7)
+    # the legend goes on the first panel with curves (a bucket may have no tokens in validation)
+    drawn = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize=7)
     fig.suptitle(f"{title}: validation perplexity by training-frequency bucket", fontsize=11)
     fig.tight_layout()
     return _png(fig)
