@@ -53,10 +53,10 @@ def demo_defaults() -> DemoConfig:
     """The demo's budget: ~10k word types, 600k training tokens, about 5 minutes on 2 cores."""
     return DemoConfig(
         out="runs/demo",
-        max_steps=400,
+        max_steps=500,
         eval_every=100,
         eval_max_tokens=10000,
-        model=LMConfig(emb_dim=128, hidden=128, tied=False, T=100, gamma=0.1),
+        model=LMConfig(emb_dim=128, hidden=128, tied=False, T=100, gamma=0.05, objective="ip"),
         synthetic=SyntheticConfig(background_vocab=5000, entity_pool=5000, train_tokens=600_000,
                                   valid_tokens=30_000, test_tokens=50_000),
     )
