@@ -183,9 +183,11 @@ def _side_by_side(cfg: DemoConfig, heads: tuple[str, ...]) -> dict[str, dict]:
         futures = {head: pool.submit(_one_head, child, head) for head in heads}
         with tqdm(total=cfg.max_steps * len(heads), desc="train both", disable=not cfg.progress) as bar:
             while not all(f.done() for f in futures.values()):
-                steps = sum(_last_step(Path(cfg.out) / head) for head in heads)
-                bar.update(max(0, min(steps, bar.total) - bar.n))
-                bar.set_description("train both" if steps < bar.total else "memories")
+                steps = min(sum(_last_step(Path(cfg.out) / head) for head in heads), bar.total)
+                if steps > bar.n:  # redraw only on news (a log file gets one line per redraw)
+                    bar.update(steps - bar.n)
+                    if steps == bar.total:
+                        bar.set_description("memories")
                 time.sleep(1.0)
         return {head: f.result() for head, f in futures.items()}
 
