@@ -242,3 +242,19 @@ def test_the_word_after_a_cue_is_drawn_from_the_cues_entities_by_popularity():
     # cue tokens appear in proportion to their entities' total popularity
     cues = np.bincount(tok[tok >= lang.cue0] - lang.cue0, minlength=cfg.cue_words)
     np.testing.assert_allclose(cues / cues.sum(), lang.p_cue, atol=0.02)
+
+
+def test_cue_slots_match_a_sequential_walk():
+    """Runs of adjacent cue draws alternate cue, entity, cue, ...; a slot after an emitted cue is its entity."""
+    from fastbind.data.synthetic import CUE, _cue_slots
+
+    rng = np.random.default_rng(0)
+    comp = np.where(rng.random(2000) < 0.4, CUE, 0)
+    adjacent = rng.random(2000) < 0.8
+    adjacent[0] = False
+    emits, forced = _cue_slots(comp, adjacent)
+    want_e, want_f = np.zeros(2000, dtype=bool), np.zeros(2000, dtype=bool)
+    for j in range(2000):
+        want_f[j] = adjacent[j] and want_e[j - 1]
+        want_e[j] = comp[j] == CUE and not want_f[j]
+    assert np.array_equal(emits, want_e) and np.array_equal(forced, want_f)
