@@ -8,7 +8,7 @@ stride of the targets; :mod:`fastbind.recipes.lm_sweep`) and evaluates the model
 table with the generator's own per-token entropy (the best perplexity any model can reach
 on this corpus) and a few sentences on what the table shows — including where the Hebbian
 head does not help at this budget — and writes plots and a markdown report. Needs no
-download; about five minutes on 2 CPU cores::
+download; about four minutes on 2 idle CPU cores::
 
     fastbind demo                          # runs/demo/{softmax,hebbian,report}
     fastbind demo out=/tmp/d max_steps=50  # any lm-train key=value applies to both runs
