@@ -12,7 +12,7 @@ def make(**kw):
 
 
 def test_shapes_and_tying():
-    m = make()
+    m = make(tied=True)
     out = m(torch.randint(0, 50, (3, 7)))
     assert out.logits.shape == (3, 7, 50) and out.hidden.shape == (3, 7, 16)
     assert out.state[0].shape == (1, 3, 16)
@@ -33,7 +33,7 @@ def test_chunked_with_carried_state_equals_one_pass(layers, layer_norm):
 
 
 def test_hebbian_head_memorizes_into_tied_embedding():
-    m = make(head="hebbian", gamma=0.1, T=10)
+    m = make(head="hebbian", gamma=0.1, T=10, tied=True)
     assert isinstance(m.head, HebbianSoftmax)
     out = m(torch.randint(0, 50, (2, 4)))
     y = torch.full((2, 4), 7)
@@ -48,6 +48,14 @@ def test_untied_and_projection():
     assert m.head.weight is not m.embedding.weight and m(torch.zeros(1, 3, dtype=torch.long)).hidden.shape[-1] == 12
     m = LSTMLM(LMConfig(vocab_size=30, emb_dim=8, hidden=12, tied=True))
     assert m.head.weight is m.embedding.weight and m(torch.zeros(1, 3, dtype=torch.long)).hidden.shape[-1] == 8
+
+
+def test_defaults_are_the_measured_ones():
+    # docs/RESULTS.md, PTB screen: untied, T = 100, γ = 0.05 (the paper's defaults were tied, 500, 0.25).
+    cfg = LMConfig()
+    assert (cfg.tied, cfg.T, cfg.gamma, cfg.objective) == (False, 100, 0.05, "l2")
+    head = HebbianSoftmax(4, 3)
+    assert (head.T, head.gamma, head.objective) == (100, 0.05, "l2")
 
 
 def test_bad_config_and_input():

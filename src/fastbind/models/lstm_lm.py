@@ -32,10 +32,10 @@ class LMConfig:
     input_dropout: float = 0.3  # on embeddings, before the LSTM (the paper's "input dropout")
     dropout: float = 0.3  # on LSTM outputs, before the output layer
     layer_norm: bool = False
-    tied: bool = True
+    tied: bool = False  # untied measured better for both heads (docs/RESULTS.md, PTB screen)
     head: Literal["softmax", "hebbian"] = "softmax"
-    gamma: float | Literal["auto"] = 0.25  # Hebbian γ; auto = 1/N_min of the training counts
-    T: int | Literal["auto"] = 500  # Hebbian T; auto = N_min × the run's epochs
+    gamma: float | Literal["auto"] = 0.05  # Hebbian γ; auto = 1/N_min of the training counts
+    T: int | Literal["auto"] = 100  # Hebbian T; auto = N_min × the run's epochs
     objective: Literal["l2", "ip", "svm", "smax"] = "l2"
 
 
