@@ -131,7 +131,7 @@ def run_plain(data: torch.Tensor, V: int, a: argparse.Namespace, device: torch.d
 
 def fastbind_config(a: argparse.Namespace, head: str, out: Path, synthetic: SyntheticConfig) -> LMTrainConfig:
     model = LMConfig(emb_dim=a.hidden, hidden=a.hidden, layers=a.layers, input_dropout=a.dropout,
-                     dropout=a.dropout, tied=True, head=head)
+                     dropout=a.dropout, tied=True, head=head, T=500, gamma=0.25)  # as measured in RESULTS.md
     return LMTrainConfig(
         out=str(out), data=a.data, seed=a.seed, device=a.device, threads=a.threads, max_steps=a.steps,
         batch_size=a.batch, bptt=a.bptt, carry_state=True, eval_every=0, log_every=10**9, progress=False,
