@@ -56,7 +56,7 @@ class DemoConfig(LMTrainConfig):
 
 
 def demo_defaults() -> DemoConfig:
-    """The demo's budget: ~10k word types, 600k training tokens, about 5 minutes on 2 cores."""
+    """The demo's budget: ~10k word types, 600k training tokens, about 4 minutes on 2 idle cores."""
     return DemoConfig(
         out="runs/demo",
         max_steps=500,
