@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lm-eval": ("fastbind.recipes.lm_eval", "perplexity of a run, overall and by frequency bucket"),
     "lm-sweep": ("fastbind.recipes.lm_sweep", "grid-search cache/MbPA settings on validation, apply to test"),
     "curriculum": ("fastbind.recipes.curriculum", "Omniglot class curriculum: steps per level for each head"),
+    "catbabi": ("fastbind.recipes.catbabi", "catbAbI: Fast Weight Memory vs LSTM, accuracy per bAbI task"),
     "corpus-stats": ("fastbind.recipes.corpus_stats", "statistics of corpora side by side (buckets, recurrence, context)"),
     "report": ("fastbind.recipes.report", "plots and a markdown table comparing runs"),
 }

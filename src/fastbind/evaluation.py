@@ -13,6 +13,9 @@ Two ways to read a split:
 A variant named ``name@sample`` is ``name`` restricted to the targets MbPA scored when it
 scored only a sample (see :func:`with_sample_variants`).
 
+catbAbI models are judged by :func:`answer_accuracy`: accuracy on the answer tokens of an
+evaluation stream, per task and mean, the state carried across segments.
+
 Classifiers over a growing class set (the Omniglot curriculum) are judged by
 :func:`accuracy` / :func:`predict`: argmax over the first ``n`` classes, optionally of the
 mixture with an MbPA memory's adapted prediction.
@@ -39,6 +42,7 @@ __all__ = [
     "CacheSettings",
     "MbPASettings",
     "accuracy",
+    "answer_accuracy",
     "bucket_results",
     "cache_defined",
     "cache_log_probs",
@@ -82,6 +86,66 @@ class MbPASettings:
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise UserError(f"mbpa.stride must be a positive integer, got {self.stride}")
+
+
+@torch.no_grad()
+def answer_accuracy(model, segments, *, device: torch.device, num_tasks: int = 20, max_segments: int = 0,
+                    progress: bool = False) -> dict:
+    """Answer accuracy of a language model over catbAbI evaluation segments.
+
+    The state starts empty and is carried from segment to segment. Accuracy counts the
+    positions whose target is an answer (``segment.answer``): the argmax of the logits
+    must equal it. The loss is the mean cross-entropy over the segments' targets (answers
+    only in QA mode, every token in LM mode).
+
+    Args:
+        model: returns :class:`~fastbind.models.lstm_lm.LMOutput` for ``(x, state)``.
+        segments: an iterable of :class:`~fastbind.data.babi.BabiSegment` (``x, y, task,
+            answer``, each ``(B, L)``), e.g. a :class:`~fastbind.data.babi.CatbAbIEvalStream`.
+        device: where the model runs.
+        num_tasks: task ids run from 1 to this.
+        max_segments: stop after this many segments (0 = all).
+        progress: show a progress bar.
+
+    Returns:
+        ``{"per_task": {"qa1": acc, ...}, "mean": mean over tasks, "accuracy": over all
+        answers, "answers": count, "answers_per_task": {...}, "loss": mean target NLL,
+        "targets": count}`` — tasks with no answer in the segments are left out.
+    """
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(num_tasks + 1, dtype=torch.float64)
+    count = torch.zeros(num_tasks + 1, dtype=torch.float64)
+    nll, targets, state = 0.0, 0, None
+    total = len(segments) if hasattr(segments, "__len__") else None
+    if max_segments and total is not None:
+        total = min(total, max_segments)
+    for i, seg in enumerate(tqdm(segments, total=total, desc="catbAbI eval", leave=False, disable=not progress)):
+        if max_segments and i >= max_segments:
+            break
+        x, y, task, answer = (t.to(device) for t in seg)
+        out = model(x, state)
+        state = out.state
+        has = y != -100
+        if bool(has.any()):
+            nll += float(F.cross_entropy(out.logits[has], y[has], reduction="sum"))
+            targets += int(has.sum())
+        hit = (out.logits[answer].argmax(-1) == y[answer]).double().cpu()
+        ids = task[answer].cpu()
+        count += torch.bincount(ids, minlength=num_tasks + 1).double()
+        correct += torch.bincount(ids, weights=hit, minlength=num_tasks + 1)
+    model.train(was_training)
+    seen = [k for k in range(1, num_tasks + 1) if count[k] > 0]
+    per_task = {f"qa{k}": float(correct[k] / count[k]) for k in seen}
+    return {
+        "per_task": per_task,
+        "mean": sum(per_task.values()) / len(per_task) if per_task else float("nan"),
+        "accuracy": float(correct.sum() / count.sum()) if count.sum() > 0 else float("nan"),
+        "answers": int(count.sum()),
+        "answers_per_task": {f"qa{k}": int(count[k]) for k in seen},
+        "loss": nll / targets if targets else float("nan"),
+        "targets": targets,
+    }
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ class LMTrainConfig:
     """Settings of ``fastbind lm-train`` (every field is a ``key=value`` override).
 
     Saved as the run folder's ``config.json`` and in every checkpoint; the short keys
-    ``head``, ``gamma``, ``T``, ``objective``, ``hidden``, ``emb_dim``, ``tied`` and ``lr`` set the model's
+    ``arch``, ``head``, ``gamma``, ``T``, ``objective``, ``hidden``, ``emb_dim``, ``tied`` and ``lr`` set the model's
     and the optimizer's fields of those names. ``gamma=auto`` / ``T=auto`` are resolved from
     the training counts (:func:`resolve_auto`) and saved as numbers.
     """
@@ -66,7 +66,8 @@ class LMTrainConfig:
     buckets: tuple[int, ...] = DEFAULT_EDGES
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
-    model: LMConfig = alias("head", "gamma", "T", "objective", "hidden", "emb_dim", "tied", default_factory=LMConfig)
+    model: LMConfig = alias("arch", "head", "gamma", "T", "objective", "hidden", "emb_dim", "tied",
+                                  default_factory=LMConfig)
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -106,3 +106,53 @@ def test_memorize_is_a_no_op_for_softmax(count_only):
     out = m(torch.randint(0, 50, (2, 4)))
     m.memorize(out.hidden.detach(), torch.randint(0, 50, (2, 4)), count_only=count_only)
     assert _states_equal(m.state_dict(), before)
+
+
+# --------------------------------------------------------------------------- arch=fwm
+
+
+def fwm_model(**kw) -> LSTMLM:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=30, arch="fwm", emb_dim=12, hidden=12, fwm_size=4, fwm_hops=2, input_dropout=0.0,
+               dropout=0.0)
+    return LSTMLM(LMConfig(**{**cfg, **kw}))
+
+
+def test_fwm_state_carries_the_fast_weights_and_chunks_equal_one_pass():
+    m = fwm_model().eval()
+    x = torch.randint(0, 30, (3, 17))
+    whole = m(x)
+    h, c, fw = whole.state
+    assert h.shape == c.shape == (1, 3, 12) and fw.shape == (3, 4, 4, 4)
+    assert whole.fwm_norm.shape == (3, 17)
+    a = m(x[:, :6])
+    b = m(x[:, 6:], detach_state(a.state))
+    torch.testing.assert_close(torch.cat([a.logits, b.logits], 1), whole.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.state[2], fw, rtol=0, atol=1e-6)
+    zero = m(x, m.init_state(3))
+    torch.testing.assert_close(zero.logits, whole.logits, rtol=0, atol=0)
+
+
+def test_fwm_adds_the_memory_read_to_the_lstm_output():
+    m = fwm_model(fwm_residual=True).eval()
+    x = torch.randint(0, 30, (2, 5))
+    with torch.no_grad():
+        out = m(x)
+        z, _ = m.lstm(m.embedding(x))
+        read = m.fwm(z).out - z  # what the memory adds
+    torch.testing.assert_close(out.hidden, z + read, rtol=0, atol=1e-6)
+    assert float(read.abs().max()) > 0
+    H = 12  # the authors' cell starts its forget gate at +1
+    assert torch.equal(m.lstm.bias_ih_l0[H:2 * H], torch.ones(H)) and float(m.lstm.bias_hh_l0[H:2 * H].abs().max()) == 0
+
+
+def test_fwm_state_of_the_wrong_arity_is_refused():
+    m = fwm_model()
+    x = torch.randint(0, 30, (2, 5))
+    lstm_only = LSTMLM(LMConfig(vocab_size=30, emb_dim=12, hidden=12))
+    with pytest.raises(ValueError, match=r"\(h, c, F\)"):
+        m(x, lstm_only.init_state(2))
+    with pytest.raises(ValueError, match=r"\(h, c\)"):
+        lstm_only(x, m.init_state(2))
+    with pytest.raises(ValueError, match="arch"):
+        LSTMLM(LMConfig(vocab_size=30, arch="gru"))

@@ -55,7 +55,8 @@ def test_dry_run_train_and_eval(tmp_path, capsys):
     assert result["generator_entropy_nats"] > 0
 
 
-@pytest.mark.parametrize("extra", [("head=softmax",), ("head=hebbian", "T=5", "carry_state=true")])
+@pytest.mark.parametrize("extra", [("head=softmax",), ("head=hebbian", "T=5", "carry_state=true"),
+                                   ("arch=fwm", "model.fwm_size=4", "carry_state=true")])
 def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ("max_steps=24", "eval_every=8", *extra)

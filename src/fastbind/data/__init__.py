@@ -9,8 +9,10 @@ Main entry point::
     corpus.train, corpus.valid, corpus.test            # (N,) int64 token ids, <eos> at line ends
     corpus.train_counts                                # (len(vocab),) int64, for frequency buckets
     omni = load_omniglot("../shared/data/omniglot")    # Omniglot archives -> 28 x 28 uint8 tensors
+    babi = load_babi("../shared/data/babi")            # bAbI stories for catbAbI streams
 """
 
+from fastbind.data.babi import BabiData, CatbAbIEvalStream, CatbAbIStream, load_babi
 from fastbind.data.corpora import (
     SPLITS,
     Corpus,
@@ -32,6 +34,9 @@ from fastbind.data.vocab import Vocabulary
 
 __all__ = [
     "SPLITS",
+    "BabiData",
+    "CatbAbIEvalStream",
+    "CatbAbIStream",
     "Corpus",
     "DownloadError",
     "Omniglot",
@@ -42,6 +47,7 @@ __all__ = [
     "detect_format",
     "fetch_dataset",
     "generate_synthetic",
+    "load_babi",
     "load_corpus",
     "load_omniglot",
     "read_gutenberg",

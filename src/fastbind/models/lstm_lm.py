@@ -1,10 +1,15 @@
 """Word-level LSTM language model with a softmax or Hebbian Softmax output layer.
 
 The paper's language models (Rae et al. 2018, section 4.2): embedding → input dropout →
-1..n LSTM layers (optional LayerNorm on the output) → output dropout → output layer, with
-input and output embeddings tied by default. ``forward`` returns the logits, the new
-recurrent state and, for :meth:`HebbianSoftmax.memorize` and the evaluation-time memories,
-the hidden states *before* output dropout.
+1..n LSTM layers (optional LayerNorm on the output) → output dropout → output layer, input
+and output embeddings optionally tied. ``forward`` returns the logits, the new recurrent
+state and, for :meth:`HebbianSoftmax.memorize` and the evaluation-time memories, the hidden
+states *before* output dropout.
+
+``arch="fwm"`` puts a :class:`~fastbind.layers.fast_weights.FastWeightMemory` on the last LSTM
+layer's output (Schlag et al. 2021: the read is added to the LSTM output and never fed back
+into the LSTM); the state then carries the fast weights as a third tensor, and the LSTM's
+forget-gate bias starts at 1 as in the authors' cell.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastbind.layers.fast_weights import FastWeightMemory
 from fastbind.layers.hebbian_softmax import HebbianSoftmax
 
-State = tuple[torch.Tensor, torch.Tensor]
+# (h, c), each (layers, B, hidden); arch=fwm appends the fast weights F (B, s, r, t).
+State = tuple[torch.Tensor, ...]
 
 
 @dataclass
@@ -26,6 +33,7 @@ class LMConfig:
     """Model settings (``vocab_size`` is taken from the data when 0)."""
 
     vocab_size: int = 0
+    arch: Literal["lstm", "fwm"] = "lstm"  # fwm: a Fast Weight Memory on the LSTM output
     emb_dim: int = 256
     hidden: int = 256
     layers: int = 1
@@ -37,12 +45,16 @@ class LMConfig:
     gamma: float | Literal["auto"] = 0.05  # Hebbian γ; auto = 1/N_min of the training counts
     T: int | Literal["auto"] = 100  # Hebbian T; auto = N_min × the run's epochs
     objective: Literal["l2", "ip", "svm", "smax"] = "l2"
+    fwm_size: int = 32  # arch=fwm: s = r = t of the fast-weight tensor
+    fwm_hops: int = 3  # arch=fwm: sequential reads
+    fwm_residual: bool = True  # arch=fwm: add the read to the LSTM output
 
 
 class LMOutput(NamedTuple):
     logits: torch.Tensor  # (B, L, V)
-    state: State  # each (layers, B, hidden)
+    state: State  # (h, c) each (layers, B, hidden), + F (B, s, r, t) for arch=fwm
     hidden: torch.Tensor  # (B, L, d_out), pre-dropout input to the output layer
+    fwm_norm: torch.Tensor | None = None  # (B, L) ‖F‖ before each clip, arch=fwm only (detached)
 
 
 class LSTMLM(nn.Module):
@@ -64,6 +76,17 @@ class LSTMLM(nn.Module):
         self.embedding = nn.Embedding(V, cfg.emb_dim)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         self.lstm = nn.LSTM(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        if cfg.arch == "fwm":
+            self.fwm: FastWeightMemory | None = FastWeightMemory(
+                cfg.hidden, cfg.fwm_size, cfg.fwm_size, cfg.fwm_size, cfg.fwm_hops, residual=cfg.fwm_residual)
+            with torch.no_grad():  # the authors' cell adds 1 to the forget gate's pre-activation
+                for k in range(cfg.layers):
+                    getattr(self.lstm, f"bias_ih_l{k}")[cfg.hidden:2 * cfg.hidden].fill_(1.0)
+                    getattr(self.lstm, f"bias_hh_l{k}")[cfg.hidden:2 * cfg.hidden].zero_()
+        elif cfg.arch == "lstm":
+            self.fwm = None
+        else:
+            raise ValueError(f"arch must be 'lstm' or 'fwm', got {cfg.arch!r}")
         self.norm = nn.LayerNorm(cfg.hidden) if cfg.layer_norm else nn.Identity()
         d_out = cfg.emb_dim if cfg.tied else cfg.hidden
         self.proj = nn.Linear(cfg.hidden, d_out) if cfg.tied and cfg.hidden != cfg.emb_dim else nn.Identity()
@@ -88,9 +111,11 @@ class LSTMLM(nn.Module):
         return isinstance(self.head, HebbianSoftmax)
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        """Zero recurrent state ``(h0, c0)``, each ``(layers, B, hidden)``."""
+        """Zero recurrent state ``(h0, c0)``, each ``(layers, B, hidden)`` (+ empty ``F`` for arch=fwm)."""
         p = next(self.parameters())
         z = torch.zeros(self.cfg.layers, batch_size, self.cfg.hidden, device=device or p.device, dtype=p.dtype)
+        if self.fwm is not None:
+            return z, z.clone(), self.fwm.init_state(batch_size, device or p.device, p.dtype)
         return z, z.clone()
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> LMOutput:
@@ -98,10 +123,19 @@ class LSTMLM(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"x must be (batch, length) token ids, got shape {tuple(x.shape)}")
         e = F.dropout(self.embedding(x), self.cfg.input_dropout, self.training)  # (B, L, emb)
-        out, state = self.lstm(e, state)  # (B, L, hidden)
+        if state is not None and len(state) != (3 if self.fwm is not None else 2):
+            raise ValueError(f"state must be {'(h, c, F)' if self.fwm is not None else '(h, c)'}, "
+                             f"got {len(state)} tensors")
+        out, hc = self.lstm(e, None if state is None else (state[0], state[1]))  # (B, L, hidden)
+        norm = None
+        if self.fwm is not None:
+            out, fw, norm = self.fwm(out, None if state is None else state[2])  # (B, L, hidden)
+            new_state: State = (*hc, fw)
+        else:
+            new_state = hc
         hidden = self.proj(self.norm(out))  # (B, L, d_out), what memorize sees
         logits = self.head(F.dropout(hidden, self.cfg.dropout, self.training))  # (B, L, V)
-        return LMOutput(logits, state, hidden)
+        return LMOutput(logits, new_state, hidden, norm)
 
     @torch.no_grad()
     def memorize(self, hidden: torch.Tensor, y: torch.Tensor, *, count_only: bool = False) -> None:
@@ -131,4 +165,4 @@ class LSTMLM(nn.Module):
 
 def detach_state(state: State | None) -> State | None:
     """Cut the graph between chunks (truncated backpropagation through time)."""
-    return None if state is None else (state[0].detach(), state[1].detach())
+    return None if state is None else tuple(t.detach() for t in state)

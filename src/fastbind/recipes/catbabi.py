@@ -1,0 +1,257 @@
+"""``fastbind catbabi``: train and evaluate an FWM-LSTM or an LSTM on catbAbI (Schlag et al. 2021).
+
+catbAbI concatenates the 20 bAbI tasks into ``batch_size`` endless streams of stories (see
+:mod:`fastbind.data.babi`); the model's state (LSTM state and, for ``arch=fwm``, the fast
+weights) is carried across segments and stories. ``mode=qa`` trains on the answers only,
+``mode=lm`` on every next token; accuracy is always measured on the answer tokens, per task.
+Usage::
+
+    fastbind catbabi data=../shared/data/babi out=runs/catbabi-fwm-qa arch=fwm mode=qa max_minutes=120
+    fastbind catbabi out=runs/catbabi-lstm-qa arch=lstm mode=qa max_minutes=120    # the baseline
+    fastbind catbabi out=runs/catbabi-fwm-qa test=now      # test accuracy of an unfinished run
+    fastbind report runs/catbabi-fwm-qa runs/catbabi-lstm-qa                       # side by side
+
+Re-running with the same ``out`` resumes from ``out/last.pt`` (model, optimizer, the stream's
+position, the carried state and the random state), so ``max_minutes`` slices add up to one
+uninterrupted run. Validation accuracy (per task) is logged every ``eval_every`` steps and the
+best validation mean keeps ``best.pt``. When the run reaches ``max_steps`` (or with
+``test=now``) the test split is evaluated with ``best.pt`` into ``results.json``
+(``{"arch", "mode", "per_task": {"qa1": acc, ...}, "mean": acc, ...}``) and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fastbind.data.babi import IGNORE_INDEX, NUM_TASKS, BabiData, CatbAbIEvalStream, CatbAbIStream, load_babi
+from fastbind.errors import UserError
+from fastbind.evaluation import answer_accuracy
+from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
+from fastbind.runs import RunFolder
+from fastbind.training.checkpoint import rng_state, set_rng_state
+from fastbind.training.config import alias, parse_cli, to_dict
+from fastbind.training.distributed import DistInfo, resolve_device
+from fastbind.training.optim import OptimConfig, build_optimizer, clip_grad
+from fastbind.training.seed import seed_everything
+
+RESULTS = "results"  # results.json / results.md in the run folder
+
+
+def _model_defaults() -> LMConfig:
+    # The authors' catbAbI model: embedding and LSTM 256, no dropout, F of 32 × 32 × 32, 3 reads.
+    return LMConfig(arch="fwm", emb_dim=256, hidden=256, input_dropout=0.0, dropout=0.0, tied=False)
+
+
+@dataclass
+class CatbAbIConfig:
+    """Settings of ``fastbind catbabi`` (every field is a ``key=value`` override).
+
+    ``arch``, ``hidden``, ``emb_dim`` and ``lr`` set the model's and the optimizer's fields of
+    those names; ``model.fwm_size``, ``model.fwm_hops`` and ``model.fwm_residual`` the memory.
+    """
+
+    out: str = "runs/catbabi"  # run folder: config, vocab, metrics, checkpoints, results
+    data: str = "../shared/data/babi"  # the bAbI v1.2 release (folder with tasks_1-20_v1-2, or its en*/)
+    mode: Literal["qa", "lm"] = "qa"  # qa: answers are the only targets; lm: every next token
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    max_steps: int = 50000  # the authors' budget
+    max_minutes: float = 0.0  # also stop (with a checkpoint) after this much wall time; 0 = off
+    batch_size: int = 32
+    seg_len: int = 200
+    valid_fraction: float = 0.1  # of each task's training stories, held out (as en-valid-10k)
+    eval_every: int = 250  # validation (and checkpoint) period in steps; 0 = never validate
+    eval_segments: int = 0  # validate on this many segments only (0 = the whole split)
+    log_every: int = 25
+    test: Literal["end", "now"] = "end"  # end: test once max_steps is reached; now: also after this slice
+    tensorboard: bool | None = None  # None: when installed
+    progress: bool = True
+    model: LMConfig = alias("arch", "hidden", "emb_dim", default_factory=_model_defaults)
+    # The authors: Adam 1e-3, no gradient clipping.
+    optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=1e-3, clip=0.0))
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seg_len < 1 or self.max_steps < 1:
+            raise UserError("batch_size, seg_len and max_steps must be >= 1")
+        if self.eval_every < 0 or self.eval_segments < 0 or self.log_every < 1:
+            raise UserError("eval_every and eval_segments must be >= 0, log_every >= 1")
+        if not 0 < self.valid_fraction < 1:
+            raise UserError(f"valid_fraction must lie in (0, 1), got {self.valid_fraction}")
+
+
+# Settings that may change between the slices of one run (budgets, display, where the data is).
+_FREE_KEYS = frozenset({"out", "data", "device", "threads", "max_steps", "max_minutes", "eval_every",
+                        "eval_segments", "log_every", "test", "tensorboard", "progress"})
+
+
+def _digest(data: BabiData) -> str:
+    return hashlib.sha1("\n".join(data.vocab.itos).encode("utf-8")).hexdigest()
+
+
+def results_markdown(record: dict) -> str:
+    """``results.json`` as a markdown table: one row per task, then the mean."""
+    lines = [f"catbAbI {record['mode'].upper()}-mode test accuracy, {record['arch']} "
+             f"(step {record['step']}, {record['answers']:,} answers)", "", "| task | accuracy |", "|---|---:|"]
+    lines += [f"| {task} | {100 * acc:.2f}% |" for task, acc in record["per_task"].items()]
+    lines.append(f"| **mean** | **{100 * record['mean']:.2f}%** |")
+    return "\n".join(lines) + "\n"
+
+
+def train(cfg: CatbAbIConfig) -> dict:
+    """Run (or resume) training; returns the summary written to ``out/summary.json``."""
+    device = resolve_device(cfg.device, DistInfo())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = RunFolder(cfg.out)
+    ck = None
+    if run.has_checkpoint("last"):
+        ck, _ = run.load_checkpoint("last", map_location=device)
+        saved, now = ck["config"], to_dict(cfg)
+        changed = [k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k]]
+        if changed:
+            raise UserError(f"{run.path} holds a run with a different '{changed[0]}' ({saved.get(changed[0])!r}); "
+                            f"use another out= or the same settings to resume")
+    data = load_babi(cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
+    for note in data.notes:  # e.g. a task trained on its 1k file: always said
+        print(f"catbabi: {note}", flush=True)
+    digest = _digest(data)
+    if ck is not None and ck.get("vocab_digest") != digest:
+        raise UserError(f"{run.path} was trained on another bAbI vocabulary than data={cfg.data} gives now")
+    seed_everything(cfg.seed)
+    model = LSTMLM(replace(cfg.model, vocab_size=len(data.vocab))).to(device)
+    opt = build_optimizer(model.parameters(), cfg.optim)
+    stream = CatbAbIStream(data.train, data.vocab, batch_size=cfg.batch_size, seg_len=cfg.seg_len, mode=cfg.mode,
+                           seed=cfg.seed)
+    step, best, state = 0, -math.inf, None
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        stream.load_state_dict(ck["stream"])
+        step, best = int(ck["step"]), float(ck["best_valid_mean"])
+        state = tuple(t.to(device) for t in ck["state"]) if ck.get("state") is not None else None
+        set_rng_state(ck["rng"])
+    run.save_config(cfg)
+    data.vocab.save(run.path / "vocab.txt")
+    log = run.metrics_writer(cfg.tensorboard)
+
+    def checkpoint(name: str) -> None:
+        run.save_checkpoint(name, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg), "step": step,
+            "best_valid_mean": best, "stream": stream.state_dict(), "rng": rng_state(), "vocab_digest": digest,
+            "state": list(state) if state is not None else None,
+        })
+
+    def evaluate(split: str, segments: int = 0) -> dict:
+        stories = data.valid if split == "valid" else data.test
+        es = CatbAbIEvalStream(stories, data.vocab, batch_size=cfg.batch_size, seg_len=cfg.seg_len, mode=cfg.mode,
+                               seed=cfg.seed)
+        return answer_accuracy(model, es, device=device, num_tasks=NUM_TASKS, max_segments=segments,
+                               progress=cfg.progress)
+
+    def validate() -> dict:
+        nonlocal best
+        val = evaluate("valid", cfg.eval_segments)
+        log.log(step, {"val/acc": val["mean"], "val/acc_all": val["accuracy"], "val/loss": val["loss"],
+                       "val/acc_task": val["per_task"]})
+        if cfg.progress:
+            bar.write(f"step {step}: validation accuracy {100 * val['mean']:.2f}% (mean over tasks)")
+        if val["mean"] > best:
+            best = val["mean"]
+            checkpoint("best")
+        return val
+
+    start_step, t0 = step, time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"catbabi {cfg.model.arch} {cfg.mode}", dynamic_ncols=True,
+               disable=not cfg.progress)
+    loss_sum, loss_n, hits, answers, norm_sum, n, t_log = 0.0, 0, 0, 0, 0.0, 0, time.perf_counter()
+    stopped = False
+    model.train()
+    while step < cfg.max_steps:
+        x, y, _, answer = (t.to(device) for t in stream.next_segment())
+        out = model(x, state)
+        has = y != IGNORE_INDEX
+        opt.zero_grad(set_to_none=True)
+        if bool(has.any()):  # a QA-mode segment without a question has nothing to learn from
+            loss = F.cross_entropy(out.logits[has], y[has])
+            loss.backward()
+            clip_grad(model.parameters(), cfg.optim)
+            opt.step()
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+        state = detach_state(out.state)
+        hits += int((out.logits[answer].argmax(-1) == y[answer]).sum())
+        answers += int(answer.sum())
+        if out.fwm_norm is not None:
+            norm_sum += float(out.fwm_norm.mean())
+        step, n = step + 1, n + 1
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            tps = n * cfg.batch_size * cfg.seg_len / max(now - t_log, 1e-9)
+            rec = {"train/loss": loss_sum / max(loss_n, 1), "train/acc": hits / max(answers, 1),
+                   "train/tokens_per_s": tps, "epoch": stream.epoch}
+            if out.fwm_norm is not None:
+                rec["train/fwm_norm"] = norm_sum / n
+            log.log(step, rec)
+            bar.set_postfix(loss=f"{rec['train/loss']:.3f}", acc=f"{100 * rec['train/acc']:.1f}", tok_s=f"{tps:,.0f}")
+            loss_sum, loss_n, hits, answers, norm_sum, n, t_log = 0.0, 0, 0, 0, 0.0, 0, now
+        bar.update(1)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            validate()
+            checkpoint("last")
+        out_of_time = cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes
+        if step < cfg.max_steps and out_of_time:
+            if cfg.eval_every and step % cfg.eval_every:
+                validate()  # a time-budgeted slice ends with a validation, so best.pt reflects it
+            checkpoint("last")
+            stopped = True
+            break
+    if step == cfg.max_steps and not cfg.eval_every:
+        checkpoint("last")
+    bar.close()
+    finished = step >= cfg.max_steps
+    summary = {"step": step, "max_steps": cfg.max_steps, "finished": finished, "arch": cfg.model.arch,
+               "mode": cfg.mode, "best_valid_mean": best if best > -math.inf else None,
+               "train_tokens": step * cfg.batch_size * cfg.seg_len, "seconds_this_run": time.perf_counter() - t0,
+               "epochs": stream.epoch, "notes": data.notes}
+    if finished or cfg.test == "now":
+        which = "best" if run.has_checkpoint("best") else "last"
+        if which == "last" and not run.has_checkpoint("last"):
+            checkpoint("last")
+        weights, _ = run.load_checkpoint(which, map_location=device)
+        model.load_state_dict(weights["model"])
+        test = evaluate("test")
+        record = {"arch": cfg.model.arch, "mode": cfg.mode, "per_task": test["per_task"], "mean": test["mean"],
+                  "accuracy": test["accuracy"], "answers": test["answers"], "loss": test["loss"],
+                  "step": int(weights["step"]), "checkpoint": which, "notes": data.notes}
+        run.write_result(RESULTS, record)
+        run.write_text(f"{RESULTS}.md", results_markdown(record))
+        summary["test_mean"] = test["mean"]
+        if cfg.progress:
+            print(results_markdown(record))
+    summary["stopped_early"] = stopped
+    run.write_summary(summary)
+    log.close()
+    return summary
+
+
+CONFIG = CatbAbIConfig  # for `fastbind <command> --help`
+
+
+def main(argv: list[str]) -> int:
+    cfg, rest = parse_cli(argv, CatbAbIConfig)
+    if rest:
+        raise UserError(f"unexpected argument {rest[0]!r} (settings are key=value, e.g. out=runs/catbabi)")
+    s = train(cfg)
+    best = s["best_valid_mean"]
+    print(f"{cfg.out}: step {s['step']}/{cfg.max_steps}, best validation accuracy "
+          f"{'–' if best is None else f'{100 * best:.2f}%'}"
+          + (f", test {100 * s['test_mean']:.2f}%" if "test_mean" in s else ""))
+    return 0

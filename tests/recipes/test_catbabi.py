@@ -1,0 +1,153 @@
+"""Dry runs and equivalences of ``fastbind catbabi`` on a small generated bAbI release."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastbind.cli import main as cli
+from fastbind.training.checkpoint import load_checkpoint
+
+PEOPLE = ["mary", "john", "sandra", "daniel"]
+PLACES = ["garden", "kitchen", "office", "hallway", "bathroom"]
+THINGS = ["apple", "milk", "football"]
+
+
+def _qa1(rng: random.Random, stories: int) -> str:
+    lines = []
+    for _ in range(stories):
+        n, where = 0, {}
+        for _ in range(rng.randint(1, 3)):
+            p, place = rng.choice(PEOPLE), rng.choice(PLACES)
+            where[p] = place
+            n += 1
+            lines.append(f"{n} {p.capitalize()} went to the {place}.")
+            n += 1
+            ask = rng.choice(sorted(where))
+            lines.append(f"{n} Where is {ask.capitalize()}? \t{where[ask]}\t{n - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def _qa8(rng: random.Random, stories: int) -> str:
+    lines = []
+    for _ in range(stories):
+        p, got = rng.choice(PEOPLE), rng.sample(THINGS, rng.randint(1, 2))
+        for i, thing in enumerate(got, 1):
+            lines.append(f"{i} {p.capitalize()} got the {thing} there.")
+        lines.append(f"{len(got) + 1} What is {p.capitalize()} carrying? \t{','.join(got)}\t1")
+    return "\n".join(lines) + "\n"
+
+
+def write_release(root: Path, seed: int = 0) -> Path:
+    """Two tasks; qa8 has only a 1k training file (as qa3 in the real release)."""
+    rng = random.Random(seed)
+    base = root / "tasks_1-20_v1-2"
+    (base / "en-10k").mkdir(parents=True)
+    (base / "en").mkdir()
+    (base / "en-10k" / "qa1_single-supporting-fact_train.txt").write_text(_qa1(rng, 60))
+    (base / "en-10k" / "qa1_single-supporting-fact_test.txt").write_text(_qa1(rng, 12))
+    (base / "en" / "qa8_lists-sets_train.txt").write_text(_qa8(rng, 40))
+    (base / "en" / "qa8_lists-sets_test.txt").write_text(_qa8(rng, 10))
+    return root
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return write_release(tmp_path_factory.mktemp("babi"))
+
+
+TINY = ["batch_size=4", "seg_len=24", "hidden=16", "emb_dim=16", "model.fwm_size=4", "progress=false",
+        "threads=1", "log_every=5"]
+
+
+def catbabi(out: Path, release: Path, *extra: str) -> int:
+    return cli(["catbabi", f"out={out}", f"data={release}", *TINY, *extra])
+
+
+@pytest.mark.parametrize("arch", ["fwm", "lstm"])
+@pytest.mark.parametrize("mode", ["qa", "lm"])
+def test_dry_run_trains_validates_and_tests(tmp_path, release, arch, mode, capsys):
+    run = tmp_path / "run"
+    assert catbabi(run, release, f"arch={arch}", f"mode={mode}", "max_steps=20", "eval_every=10") == 0
+    printed = capsys.readouterr().out
+    assert "qa8: no 10k training file" in printed  # the fallback is said, even without progress bars
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/acc" in r] == [10, 20]
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    assert ("train/fwm_norm" in train_rows[0]) == (arch == "fwm")
+    res = json.loads((run / "results.json").read_text())
+    assert res["arch"] == arch and res["mode"] == mode
+    assert sorted(res["per_task"]) == ["qa1", "qa8"]
+    assert res["mean"] == pytest.approx(sum(res["per_task"].values()) / 2)
+    qa1 = (release / "tasks_1-20_v1-2/en-10k/qa1_single-supporting-fact_test.txt").read_text().count("\t") // 2
+    qa8 = (release / "tasks_1-20_v1-2/en/qa8_lists-sets_test.txt").read_text().count("\t") // 2
+    assert res["answers"] == qa1 + qa8  # every test question scored exactly once
+    md = (run / "results.md").read_text()
+    assert "| qa8 |" in md and "**mean**" in md
+    ck = load_checkpoint(run / "last.pt")
+    assert ck["step"] == 20 and (len(ck["state"]) == 3) == (arch == "fwm")
+
+
+@pytest.mark.parametrize("mode", ["qa", "lm"])
+def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, release, mode):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("arch=fwm", f"mode={mode}", "eval_every=6")
+    assert catbabi(a, release, *common, "max_steps=14") == 0
+    assert catbabi(b, release, *common, "max_steps=9") == 0  # a first slice, then the rest
+    assert catbabi(b, release, *common, "max_steps=14") == 0
+    ka, kb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ka["step"] == kb["step"] == 14
+    for k, v in ka["model"].items():
+        assert torch.equal(v, kb["model"][k]), k
+    for x, y in zip(ka["state"], kb["state"]):
+        assert torch.equal(x, y)
+    assert ka["best_valid_mean"] == kb["best_valid_mean"]
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
+    assert ra == rb
+
+
+def test_resume_refuses_other_settings(tmp_path, release, capsys):
+    run = tmp_path / "r"
+    assert catbabi(run, release, "max_steps=3", "eval_every=0") == 0
+    capsys.readouterr()
+    assert catbabi(run, release, "max_steps=6", "eval_every=0", "arch=lstm") == 2
+    err = capsys.readouterr().err.strip()
+    assert "different 'model'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("setup,match", [
+    ("missing", "does not exist"),
+    ("empty", "qa"),
+])
+def test_bad_data_exits_2_with_one_line(tmp_path, setup, match, capsys):
+    data = tmp_path / "babi"
+    if setup == "empty":
+        (data / "tasks_1-20_v1-2" / "en").mkdir(parents=True)
+        (data / "tasks_1-20_v1-2" / "en" / "notes.txt").write_text("nothing here\n")
+    assert cli(["catbabi", f"out={tmp_path / 'run'}", f"data={data}", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("arg,match", [("mode=both", "mode"), ("batch_size=0", "batch_size"),
+                                       ("valid_fraction=1.5", "valid_fraction")])
+def test_bad_settings_exit_2(tmp_path, release, arg, match, capsys):
+    assert catbabi(tmp_path / "run", release, arg) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+
+
+def test_test_now_evaluates_an_unfinished_run(tmp_path, release):
+    run = tmp_path / "run"
+    assert catbabi(run, release, "max_steps=100", "max_minutes=0.0001", "eval_every=50") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert not summary["finished"] and not (run / "results.json").exists()
+    assert catbabi(run, release, "max_steps=100", "max_minutes=0.0001", "eval_every=50", "test=now") == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["step"] <= 2 and res["checkpoint"] == "best"
