@@ -64,3 +64,13 @@ def test_bench_curriculum_quick(tmp_path):
     costs = res["update_costs"]
     for key in ("hebbian_memorize_s", "mbpa_write_s", "plain_step_s", "hebbian_memorize_share"):
         assert costs[key] > 0, key
+
+
+def test_bench_fwm_quick(tmp_path):
+    res = run_bench("bench_fwm.py", tmp_path / "fwm.json")
+    assert res["benchmark"] == "fwm_train_throughput" and res["threads"] == 1
+    assert set(res["results"]) == {"lstm", "fwm", "fwm_step", "authors_loop"}
+    for r in res["results"].values():
+        assert r["tokens_per_s_median"] > 0 and len(r["step_s_rounds"]) == res["settings"]["rounds"]
+    for key in ("fwm_vs_authors_loop", "fwm_vs_fwm_step", "fwm_step_vs_authors_loop", "fwm_vs_lstm"):
+        assert res["ratios"][key] > 0, key

@@ -148,3 +148,18 @@ def test_bad_input_is_refused():
         FastWeightMemory(8, impl="fast")
     with pytest.raises(ValueError, match="chunk"):
         FastWeightMemory(8, chunk=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile
+def test_compiled_blocks_match_eager():
+    torch.manual_seed(4)
+    m = FastWeightMemory(8, s=2, r=2, t=2, hops=2, chunk=3)
+    z = torch.randn(2, 5, 8, requires_grad=True)
+    eager = m(z)
+    gz_eager, = torch.autograd.grad(eager.out.sum(), z)
+    m.compiled = True
+    comp = m(z)
+    gz_comp, = torch.autograd.grad(comp.out.sum(), z)
+    torch.testing.assert_close(comp.out, eager.out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(comp.state, eager.state, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gz_comp, gz_eager, rtol=1e-5, atol=1e-6)

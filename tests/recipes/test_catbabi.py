@@ -151,3 +151,33 @@ def test_test_now_evaluates_an_unfinished_run(tmp_path, release):
     assert catbabi(run, release, "max_steps=100", "max_minutes=0.0001", "eval_every=50", "test=now") == 0
     res = json.loads((run / "results.json").read_text())
     assert res["step"] <= 2 and res["checkpoint"] == "best"
+
+
+def test_report_puts_catbabi_runs_side_by_side(tmp_path, release, capsys):
+    runs = []
+    for arch in ("fwm", "lstm"):
+        runs.append(tmp_path / f"cb-{arch}")
+        assert catbabi(runs[-1], release, f"arch={arch}", "max_steps=10", "eval_every=5") == 0
+    unfinished = tmp_path / "cb-unfinished"
+    assert catbabi(unfinished, release, "max_steps=50", "max_minutes=0.0001", "eval_every=0") == 0
+    capsys.readouterr()
+    assert cli(["report", *map(str, runs), str(unfinished), f"out={tmp_path / 'rep'}"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "accuracy.png").stat().st_size > 1000
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| task |"))
+    assert "cb-fwm (fwm, qa)" in header and "cb-lstm (lstm, qa)" in header
+    res = [json.loads((r / "results.json").read_text()) for r in runs]
+    mean = next(line for line in lines if line.startswith("| **mean**"))
+    cells = [c.strip() for c in mean.strip("|").split("|")][1:]
+    assert cells == [f"**{100 * r['mean']:.1f}**" for r in res] + ["**–**"]  # no results yet: a dash
+    qa8 = next(line for line in lines if line.startswith("| qa8 |"))
+    assert f"{100 * res[1]['per_task']['qa8']:.1f}" in qa8
+    # catbAbI runs and language-model runs do not mix
+    lm = tmp_path / "lm"
+    assert cli(["lm-train", f"out={lm}", "max_steps=2", "eval_every=0", "synthetic.train_tokens=5000",
+                "synthetic.valid_tokens=500", "synthetic.test_tokens=500", "batch_size=2", "bptt=5", "hidden=8",
+                "emb_dim=8", "progress=false"]) == 0
+    capsys.readouterr()
+    assert cli(["report", str(runs[0]), str(lm)]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -24,6 +24,7 @@ fast-weight recurrence itself is a loop over time, a few batched matrix products
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -175,6 +176,12 @@ def _scan_segment(fw: torch.Tensor, s: torch.Tensor, r: torch.Tensor, t: torch.T
     return q, f_new.view(B, S, R, T), torch.stack(norms, 1)
 
 
+@functools.cache
+def _compiled_scan():
+    """:func:`_scan_segment` through ``torch.compile`` (built once per process, on first use)."""
+    return torch.compile(_scan_segment, dynamic=False)
+
+
 class FastWeightMemory(nn.Module):
     """The FWM layer: write, read and output projection over a segment, state explicit.
 
@@ -191,6 +198,9 @@ class FastWeightMemory(nn.Module):
         chunk: steps per block of the ``segment`` form. The dense ``F`` is formed once per
             block, the loop inside a block costs O(chunk) per step; 32 measured fastest
             (benchmarks/bench_fwm.py).
+        compiled: run each block of the ``segment`` form through ``torch.compile``. The first
+            calls compile for minutes (once per block shape); afterwards a block runs about
+            1.7× faster on CPU (docs/RESULTS.md). Worth it for runs of hours, not for short ones.
 
     Shapes:
         ``forward(z (B, L, hidden), state (B, s, r, t) or None) -> FWMOutput``.
@@ -205,7 +215,8 @@ class FastWeightMemory(nn.Module):
     """
 
     def __init__(self, hidden: int, s: int = 32, r: int = 32, t: int = 32, hops: int = 3,
-                 residual: bool = True, impl: Literal["segment", "step"] = "segment", chunk: int = 32) -> None:
+                 residual: bool = True, impl: Literal["segment", "step"] = "segment", chunk: int = 32,
+                 compiled: bool = False) -> None:
         super().__init__()
         if min(hidden, s, r, t, hops) < 1:
             raise ValueError(f"sizes and hops must be >= 1, got hidden={hidden} s={s} r={r} t={t} hops={hops}")
@@ -219,6 +230,7 @@ class FastWeightMemory(nn.Module):
         self.hidden, self.s, self.r, self.t, self.hops, self.residual = hidden, s, r, t, hops, residual
         self.impl = impl
         self.chunk = chunk
+        self.compiled = compiled
         self.W_write = nn.Linear(hidden, s + r + t + 1)
         self.W_read = nn.Linear(hidden, s + hops * r)
         self.out = nn.Linear(t, hidden)
@@ -258,9 +270,10 @@ class FastWeightMemory(nn.Module):
             read, fw, norm = _scan_steps(fw, s, r, t, beta, q0, rr)
         else:
             reads, norms = [], []
+            scan = _compiled_scan() if self.compiled else _scan_segment
             for a in range(0, L, self.chunk):
                 sl = slice(a, a + self.chunk)
-                read, fw, norm = _scan_segment(fw, s[:, sl], r[:, sl], t[:, sl], beta[:, sl], q0[:, sl], rr[:, sl],
+                read, fw, norm = scan(fw, s[:, sl], r[:, sl], t[:, sl], beta[:, sl], q0[:, sl], rr[:, sl],
                                                state is None and a == 0)
                 reads.append(read)
                 norms.append(norm)

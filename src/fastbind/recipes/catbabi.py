@@ -73,6 +73,7 @@ class CatbAbIConfig:
     eval_segments: int = 0  # validate on this many segments only (0 = the whole split)
     log_every: int = 25
     test: Literal["end", "now"] = "end"  # end: test once max_steps is reached; now: also after this slice
+    compile: bool = False  # arch=fwm: torch.compile the fast-weight blocks (minutes to compile, then faster)
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
     model: LMConfig = alias("arch", "hidden", "emb_dim", default_factory=_model_defaults)
@@ -90,7 +91,7 @@ class CatbAbIConfig:
 
 # Settings that may change between the slices of one run (budgets, display, where the data is).
 _FREE_KEYS = frozenset({"out", "data", "device", "threads", "max_steps", "max_minutes", "eval_every",
-                        "eval_segments", "log_every", "test", "tensorboard", "progress"})
+                        "eval_segments", "log_every", "test", "compile", "tensorboard", "progress"})
 
 
 def _digest(data: BabiData) -> str:
@@ -128,6 +129,8 @@ def train(cfg: CatbAbIConfig) -> dict:
         raise UserError(f"{run.path} was trained on another bAbI vocabulary than data={cfg.data} gives now")
     seed_everything(cfg.seed)
     model = LSTMLM(replace(cfg.model, vocab_size=len(data.vocab))).to(device)
+    if cfg.compile and model.fwm is not None:
+        model.fwm.compiled = True
     opt = build_optimizer(model.parameters(), cfg.optim)
     stream = CatbAbIStream(data.train, data.vocab, batch_size=cfg.batch_size, seg_len=cfg.seg_len, mode=cfg.mode,
                            seed=cfg.seed)

@@ -17,6 +17,10 @@ Reads what ``lm-train`` and ``lm-eval`` leave in each run folder (``config.json`
   one bar per run and per dynamic-evaluation variant (``+cache``, ``+mbpa``, ...);
 * ``report.md``: the same numbers as a table in the style of Table 2 of Rae et al. (2018).
 
+Omniglot curriculum runs (``fastbind curriculum``) get the Figure 3 and 9 analogues, and
+catbAbI runs (``fastbind catbabi``) a per-task test-accuracy table with validation curves
+(``accuracy.png``).
+
 Other recipes call :func:`build_report` directly.
 """
 
@@ -36,7 +40,7 @@ from fastbind.runs import BASE_VARIANT, METRICS_FILE, RunFolder
 from fastbind.training.config import format_help, parse_cli
 from fastbind.training.curriculum import merge_records
 
-__all__ = ["ReportConfig", "build_report", "format_ppl", "main", "markdown_table", "read_run"]
+__all__ = ["ReportConfig", "build_catbabi_report", "build_report", "format_ppl", "main", "markdown_table", "read_run"]
 
 MISSING = "–"
 USAGE = "fastbind report RUN_DIR [RUN_DIR ...] [out=DIR] [split=test] [title=...]"
@@ -600,6 +604,86 @@ def build_curriculum_report(run_dirs: Sequence[str | Path], out: str | Path,
     return {**paths, "merged": merged, "table": table}
 
 
+# --------------------------------------------------------------------------- catbAbI runs
+
+CATBABI_RESULTS = "results"  # what `fastbind catbabi` writes: results.json
+
+
+def is_catbabi_run(run: RunFolder) -> bool:
+    """Whether the folder holds a ``fastbind catbabi`` run (its config has ``seg_len`` and ``mode``)."""
+    cfg = run.config_dict() if run.exists() else None
+    return bool(cfg) and "seg_len" in cfg and "mode" in cfg
+
+
+def _catbabi_run(run: RunFolder) -> dict[str, Any]:
+    cfg = run.config_dict() or {}
+    model = cfg.get("model") or {}
+    rows = run.read_metrics() if run.has_metrics() else []
+    return {
+        "name": run.name, "arch": model.get("arch"), "mode": cfg.get("mode"),
+        "results": run.read_result(CATBABI_RESULTS),
+        "valid": [(r["step"], r["val/acc"]) for r in rows if _number(r.get("val/acc")) is not None],
+        "valid_tasks": [(r["step"], r["val/acc_task"]) for r in rows if isinstance(r.get("val/acc_task"), dict)],
+        "train": [(r["step"], r["train/acc"]) for r in rows if _number(r.get("train/acc")) is not None],
+        "tokens_per_step": cfg.get("batch_size", 0) * cfg.get("seg_len", 0),
+    }
+
+
+def catbabi_table(runs: list[dict[str, Any]]) -> str:
+    """Test accuracy per task (rows) for each run (columns), then the mean over tasks and the last
+    validation mean; ``–`` where a run has no results yet."""
+    tasks = sorted({t for r in runs if r["results"] for t in r["results"]["per_task"]}, key=lambda t: int(t[2:]))
+    head = "| task | " + " | ".join(_cell(f"{r['name']} ({r['arch']}, {r['mode']})") for r in runs) + " |"
+    lines = [head, "|---|" + "--:|" * len(runs)]
+
+    def pct(x: Any) -> str:
+        return MISSING if _number(x) is None else f"{100 * x:.1f}"
+
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join(pct((r["results"] or {}).get("per_task", {}).get(t)) for r in runs)
+                     + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{pct((r['results'] or {}).get('mean'))}**" for r in runs) + " |")
+    lines.append("| test step | " + " | ".join(_format_int((r["results"] or {}).get("step")) for r in runs) + " |")
+    lines.append("| last validation mean | " + " | ".join(pct(r["valid"][-1][1] if r["valid"] else None)
+                                                        for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def _catbabi_png(runs: list[dict[str, Any]], title: str) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(runs):
+        style = _style(i)
+        if r["valid"]:
+            xs, ys = zip(*r["valid"], strict=True)
+            ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, linewidth=1.6,
+                    label=f"{r['name']} validation", **style)
+        if r["train"]:
+            xs, ys = zip(*r["train"], strict=True)
+            ax.plot(xs, [100 * y for y in ys], linewidth=0.8, alpha=0.45, label=f"{r['name']} training",
+                    color=style["color"], linestyle=":")
+    ax.set_ylim(0, 100)
+    return _curve_png(fig, ax, "training steps", "answer accuracy (%, mean over tasks for validation)",
+                      f"{title}: answer accuracy")
+
+
+def build_catbabi_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "catbAbI") -> dict[str, Any]:
+    """catbAbI runs side by side: ``report.md`` (test accuracy per task) and ``accuracy.png``
+    (validation accuracy over training, and the training answers' accuracy).
+
+    Returns:
+        ``{"table", "markdown", "accuracy", "runs"}``.
+    """
+    runs = [_catbabi_run(_open_run(d)) for d in run_dirs]
+    table = catbabi_table(runs)
+    markdown = "\n".join([f"# {title}", "", "Test accuracy on answer tokens (%), per bAbI task and the mean over "
+                          "tasks, with each run's best-validation checkpoint.", "", table, "",
+                          "![answer accuracy](accuracy.png)", ""])
+    folder = RunFolder(out)
+    return {"table": table, "markdown": folder.write_text("report.md", markdown),
+            "accuracy": folder.write_bytes("accuracy.png", _catbabi_png(runs, title)), "runs": runs}
+
+
 def is_curriculum_run(run: RunFolder) -> bool:
     """Whether the folder or one of its sub-runs holds a ``curriculum.json`` (nothing is parsed)."""
     return any(folder.result_names("curriculum") for folder in (run, *run.subruns()))
@@ -613,6 +697,17 @@ def main(argv: list[str]) -> int:
     if not run_dirs:
         raise UserError(f"no run folders given (usage: {USAGE})")
     runs = [_open_run(d) for d in run_dirs]
+    catbabi = {is_catbabi_run(r) for r in runs}
+    if catbabi == {True}:
+        out = Path(cfg.out) if cfg.out else Path(run_dirs[0]).absolute().parent / "report"
+        title = cfg.title if cfg.title != ReportConfig.title else "catbAbI"
+        result = build_catbabi_report(run_dirs, out, title=title)
+        print(result["table"])
+        for key in ("markdown", "accuracy"):
+            print(f"wrote {result[key]}")
+        return 0
+    if len(catbabi) > 1:
+        raise UserError("give either catbAbI run folders or other run folders, not both")
     kinds = {is_curriculum_run(r) for r in runs}
     if kinds == {True}:
         out = Path(cfg.out) if cfg.out else Path(run_dirs[0]) / "report"
