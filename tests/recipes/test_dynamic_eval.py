@@ -173,3 +173,20 @@ def test_lm_eval_and_lm_sweep_write_one_eval_layout(run):
     assert variants == {"plain": ["model"],
                         "memories": ["model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"],
                         "sweep": ["model", "+cache", "+mbpa", "+cache+mbpa"]}
+
+
+def test_fwm_run_evaluates_with_cache_and_mbpa(tmp_path):
+    """arch=fwm goes through lm-eval like the LSTM: the memories read its output vectors, and the
+    fast weights carried across chunks make the result independent of the chunk length."""
+    run = tmp_path / "fwm"
+    assert cli(["lm-train", f"out={run}", *TINY, "max_steps=6", "eval_every=3", "arch=fwm", "model.fwm_size=4",
+                "carry_state=true"]) == 0
+    common = ["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300"]
+    assert cli([*common, "bptt=50", "cache.size=100", "cache.lambda=0.2", "mbpa.lambda=0.1", "mbpa.k=8",
+                "mbpa.size=100"]) == 0
+    r = json.loads((run / "eval-test.json").read_text())
+    assert set(r["variants"]) == {"model", "+cache", "+mbpa", "+cache+mbpa"}
+    assert r["variants"]["+cache"]["ppl"] != r["variants"]["model"]["ppl"]
+    assert cli([*common, "bptt=13"]) == 0
+    plain = json.loads((run / "eval-test.json").read_text())
+    assert math.isclose(plain["ppl"], r["variants"]["model"]["ppl"], rel_tol=1e-5)
