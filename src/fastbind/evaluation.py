@@ -177,10 +177,9 @@ def evaluate(
     state = None
     for x, y in tqdm(stream, desc="eval", leave=False, disable=not progress):
         x, y = x.to(device), y.to(device)
-        out = model(x, state)
+        out = model(x, state, targets=y)  # an adaptive softmax computes only what the targets need
         state = out.state
-        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="none")
-        acc.add(nll, y)
+        acc.add(out.nll.flatten(), y)
     if world > 1:
         for t in (acc.nll, acc.tokens):
             dist.all_reduce(t)
@@ -205,10 +204,9 @@ def collect_stream(model, tokens: torch.Tensor, *, bptt: int, device: torch.devi
     for s in tqdm(starts, desc="model", leave=False, disable=not progress):
         x = tokens[s : min(s + bptt, tokens.numel() - 1)].to(device)
         y = tokens[s + 1 : s + 1 + x.numel()].to(device)
-        out = model(x.unsqueeze(0), state)
+        out = model(x.unsqueeze(0), state, targets=y.unsqueeze(0))
         state = out.state
-        logp = F.log_softmax(out.logits[0].float(), dim=-1)  # (L, V)
-        lps.append(logp.gather(1, y.unsqueeze(1)).squeeze(1))
+        lps.append(-out.nll[0])
         hs.append(out.hidden[0].float())
         ys.append(y)
     return torch.cat(hs), torch.cat(ys), torch.cat(lps)

@@ -24,6 +24,7 @@ import torch
 from fastbind.data import Corpus, load_corpus
 from fastbind.data.synthetic import SyntheticConfig
 from fastbind.errors import UserError
+from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.lstm_lm import LMConfig, LSTMLM
 from fastbind.runs import RunFolder
@@ -40,8 +41,9 @@ class LMTrainConfig:
     """Settings of ``fastbind lm-train`` (every field is a ``key=value`` override).
 
     Saved as the run folder's ``config.json`` and in every checkpoint; the short keys
-    ``arch``, ``head``, ``gamma``, ``T``, ``objective``, ``hidden``, ``emb_dim``, ``tied`` and ``lr`` set the model's
-    and the optimizer's fields of those names. ``gamma=auto`` / ``T=auto`` are resolved from
+    ``arch``, ``head``, ``gamma``, ``T``, ``objective``, ``hidden``, ``emb_dim``, ``tied``, ``softmax``, ``cutoffs``,
+    ``div_value`` and ``lr`` set the model's and the optimizer's fields of those names.
+    ``gamma=auto`` / ``T=auto`` and the adaptive softmax's default ``cutoffs`` are resolved from
     the training counts (:func:`resolve_auto`) and saved as numbers.
     """
 
@@ -66,8 +68,8 @@ class LMTrainConfig:
     buckets: tuple[int, ...] = DEFAULT_EDGES
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
-    model: LMConfig = alias("arch", "head", "gamma", "T", "objective", "hidden", "emb_dim", "tied",
-                                  default_factory=LMConfig)
+    model: LMConfig = alias("arch", "head", "gamma", "T", "objective", "hidden", "emb_dim", "tied", "softmax",
+                            "cutoffs", "div_value", default_factory=LMConfig)
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -99,8 +101,11 @@ def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
     The paper's rule (:func:`fastbind.layers.hebbian_softmax.paper_settings`): γ = 1/N_min and
     T = N_min × epochs, with the epochs this run expects from its own step budget
     (``max_steps × batch_size × bptt`` training tokens over the training split's length).
-    Settings that are numbers already are kept.
+    Settings that are numbers already are kept. An adaptive softmax without ``cutoffs`` gets the
+    ranks that cover 80% and 95% of the training tokens (:func:`default_cutoffs`).
     """
+    if cfg.model.softmax == "adaptive" and not cfg.model.cutoffs:
+        cfg = replace(cfg, model=replace(cfg.model, cutoffs=tuple(default_cutoffs(corpus.train_counts))))
     if "auto" not in (cfg.model.gamma, cfg.model.T):
         return cfg
     epochs = cfg.max_steps * cfg.batch_size * cfg.bptt / max(len(corpus.train), 1)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastbind import HebbianSoftmax
 from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
@@ -143,7 +144,8 @@ def test_fwm_adds_the_memory_read_to_the_lstm_output():
     torch.testing.assert_close(out.hidden, z + read, rtol=0, atol=1e-6)
     assert float(read.abs().max()) > 0
     H = 12  # the authors' cell starts its forget gate at +1
-    assert torch.equal(m.lstm.bias_ih_l0[H:2 * H], torch.ones(H)) and float(m.lstm.bias_hh_l0[H:2 * H].abs().max()) == 0
+    b_ih, b_hh = m.lstm.bias_ih_l0.detach(), m.lstm.bias_hh_l0.detach()
+    assert torch.equal(b_ih[H:2 * H], torch.ones(H)) and float(b_hh[H:2 * H].abs().max()) == 0
 
 
 def test_fwm_state_of_the_wrong_arity_is_refused():
@@ -156,3 +158,49 @@ def test_fwm_state_of_the_wrong_arity_is_refused():
         lstm_only(x, m.init_state(2))
     with pytest.raises(ValueError, match="arch"):
         LSTMLM(LMConfig(vocab_size=30, arch="gru"))
+
+
+# --------------------------------------------------------------------------- softmax=adaptive
+
+
+def adaptive_model(**kw) -> LSTMLM:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, emb_dim=12, hidden=12, softmax="adaptive", cutoffs=(5, 20), div_value=2.0,
+               input_dropout=0.0, dropout=0.0)
+    return LSTMLM(LMConfig(**{**cfg, **kw}))
+
+
+@pytest.mark.parametrize("head", ["softmax", "hebbian"])
+def test_adaptive_nll_with_targets_equals_the_full_distribution(head):
+    m = adaptive_model(head=head).eval()
+    x, y = torch.randint(0, 40, (3, 9)), torch.randint(0, 40, (3, 9))
+    with torch.no_grad():
+        fast = m(x, targets=y)
+        full = m(x)
+    assert fast.logits is None and full.logits.shape == (3, 9, 40)
+    torch.testing.assert_close(full.logits.exp().sum(-1), torch.ones(3, 9), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.nll, -full.logits.gather(2, y.unsqueeze(2)).squeeze(2), rtol=0, atol=1e-5)
+    # the softmax of the log-probabilities is the same distribution (what evaluators use)
+    torch.testing.assert_close(F.log_softmax(full.logits, -1), full.logits, rtol=0, atol=1e-5)
+
+
+def test_adaptive_memorize_moves_rows_only_for_a_hebbian_head():
+    for head, moves in (("hebbian", True), ("softmax", False)):
+        m = adaptive_model(head=head)
+        before = m.head.tail[0][1].weight.detach().clone()
+        x, y = torch.randint(0, 40, (2, 6)), torch.full((2, 6), 7)  # class 7: first tail cluster
+        out = m(x, targets=y)
+        m.memorize(out.hidden.detach(), y)
+        assert (not torch.equal(m.head.tail[0][1].weight, before)) == moves
+        assert int(m.head.counts[7]) == (12 if moves else 0)
+
+
+def test_adaptive_settings_are_checked():
+    with pytest.raises(ValueError, match="tied"):
+        adaptive_model(tied=True)
+    with pytest.raises(ValueError, match="cutoffs"):
+        adaptive_model(cutoffs=())
+    with pytest.raises(ValueError, match="objective"):
+        adaptive_model(head="hebbian", objective="svm")
+    with pytest.raises(ValueError, match="MbPA"):
+        adaptive_model().output_layer()

@@ -56,7 +56,8 @@ def test_dry_run_train_and_eval(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra", [("head=softmax",), ("head=hebbian", "T=5", "carry_state=true"),
-                                   ("arch=fwm", "model.fwm_size=4", "carry_state=true")])
+                                   ("arch=fwm", "model.fwm_size=4", "carry_state=true"),
+                                   ("softmax=adaptive", "head=hebbian", "T=5")])
 def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ("max_steps=24", "eval_every=8", *extra)
@@ -278,3 +279,28 @@ def test_demo_summary_says_what_the_table_shows():
     assert lines[1] == ("hebbian: memories against the model alone (MbPA rows on the same sampled targets): "
                         "+cache -50.0%; the cache changes the rarest bucket by -50%.")
     assert lines[2].startswith("softmax: 0.693 nats/token above the generator's entropy (50.0 ppl)")
+
+
+def test_adaptive_softmax_resolves_cutoffs_and_refuses_mbpa(tmp_path, capsys):
+    from fastbind.layers.hebbian_adaptive import default_cutoffs
+    from fastbind.lm import load_lm_run
+
+    run = tmp_path / "ad"
+    assert train(run, "max_steps=4", "eval_every=2", "softmax=adaptive", "head=hebbian", "T=5") == 0
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    _, model, corpus, _ = load_lm_run(run)
+    assert cfg["softmax"] == "adaptive" and cfg["cutoffs"] == default_cutoffs(corpus.train_counts)
+    assert model.is_adaptive and list(model.head.cutoffs[:-1]) == cfg["cutoffs"]
+    explicit = tmp_path / "ad2"
+    assert train(explicit, "max_steps=2", "eval_every=0", "softmax=adaptive", "cutoffs=[10,100]") == 0
+    assert json.loads((explicit / "config.json").read_text())["model"]["cutoffs"] == [10, 100]
+    capsys.readouterr()
+    assert cli(["lm-eval", str(run), "batch_size=1", "max_tokens=200", "cache.lambda=0.1", "progress=false"]) == 0
+    assert cli(["lm-eval", str(run), "batch_size=1", "max_tokens=200", "mbpa.lambda=0.1", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "softmax=adaptive" in err
+    assert cli(["lm-sweep", str(run), "max_tokens=200", "sizes=[50]", "thetas=[0.3]", "cache_lambdas=[0.1]",
+                "progress=false"]) == 2
+    assert "mbpa=false" in capsys.readouterr().err
+    assert cli(["lm-sweep", str(run), "max_tokens=200", "test_max_tokens=200", "sizes=[50]", "thetas=[0.3]",
+                "cache_lambdas=[0.1]", "mbpa=false", "progress=false"]) == 0

@@ -197,6 +197,28 @@ class HebbianAdaptiveSoftmax(nn.AdaptiveLogSoftmaxWithLoss):
             weight.index_copy_(0, rows, torch.lerp(w, target, lam[sel].unsqueeze(1)).to(weight.dtype))
         self.counts.index_add_(0, *_counts_of(y))
 
+    @torch.no_grad()
+    def count(self, y: torch.Tensor) -> None:
+        """Add the classes in ``y`` to the counters without changing any weight (a warm-up)."""
+        y = self._check_labels(y)[0]
+        _, y = _gather_batch(None, y)
+        if y.numel():
+            self.counts.index_add_(0, *_counts_of(y))
+
+    def _check_labels(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat int64 labels without ignored ones, and the keep mask over the flat input."""
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be an integer tensor of class ids, got {getattr(y, 'dtype', type(y).__name__)}")
+        if y.device != self.head.weight.device:
+            raise ValueError(f"y is on {y.device} but the layer is on {self.head.weight.device}")
+        y = y.reshape(-1).long()
+        keep = y != self.ignore_index
+        y = y[keep]
+        if y.numel() and bool(((y < 0) | (y >= self.n_classes)).any()):
+            raise ValueError(f"labels must lie in [0, {self.n_classes}) or equal ignore_index={self.ignore_index}, "
+                             f"got values in [{int(y.min())}, {int(y.max())}]")
+        return y, keep
+
     def _check(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate and flatten; returns ``(h (N, d), y (N,))`` without ignored positions."""
         if not isinstance(h, torch.Tensor) or not h.is_floating_point():
@@ -207,16 +229,10 @@ class HebbianAdaptiveSoftmax(nn.AdaptiveLogSoftmaxWithLoss):
         if not isinstance(y, torch.Tensor) or tuple(h.shape[:-1]) != tuple(y.shape):
             shape_y = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"h shape {tuple(h.shape)} does not match y shape {shape_y} (need h.shape == y.shape + (d,))")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"y must be an integer tensor of class ids, got dtype {y.dtype}")
-        if h.device != self.head.weight.device or y.device != self.head.weight.device:
-            raise ValueError(f"h and y must be on the layer's device {self.head.weight.device}")
-        y = y.reshape(-1).long()
-        keep = y != self.ignore_index
-        y, h = y[keep], h.reshape(-1, self.in_features)[keep]
-        if y.numel() and bool(((y < 0) | (y >= self.n_classes)).any()):
-            raise ValueError(f"labels must lie in [0, {self.n_classes}) or equal ignore_index={self.ignore_index}, "
-                             f"got values in [{int(y.min())}, {int(y.max())}]")
+        if h.device != self.head.weight.device:
+            raise ValueError(f"h is on {h.device} but the layer is on {self.head.weight.device}")
+        y, keep = self._check_labels(y)
+        h = h.reshape(-1, self.in_features)[keep]
         if y.numel() and not bool(torch.isfinite(h).all()):
             raise ValueError("h contains non-finite values (nan or inf) at non-ignored positions")
         return h, y

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastbind.layers.fast_weights import FastWeightMemory
+from fastbind.layers.hebbian_adaptive import HebbianAdaptiveSoftmax
 from fastbind.layers.hebbian_softmax import HebbianSoftmax
 
 # (h, c), each (layers, B, hidden); arch=fwm appends the fast weights F (B, s, r, t).
@@ -48,6 +49,9 @@ class LMConfig:
     fwm_size: int = 32  # arch=fwm: s = r = t of the fast-weight tensor
     fwm_hops: int = 3  # arch=fwm: sequential reads
     fwm_residual: bool = True  # arch=fwm: add the read to the LSTM output
+    softmax: Literal["full", "adaptive"] = "full"  # adaptive: an adaptive softmax (Grave et al. 2017) as output layer
+    cutoffs: tuple[int, ...] = ()  # softmax=adaptive: class ids where tail clusters start; () = from the counts
+    div_value: float = 4.0  # softmax=adaptive: each tail cluster's projection is this much smaller
 
 
 class LMOutput(NamedTuple):
@@ -55,6 +59,7 @@ class LMOutput(NamedTuple):
     state: State  # (h, c) each (layers, B, hidden), + F (B, s, r, t) for arch=fwm
     hidden: torch.Tensor  # (B, L, d_out), pre-dropout input to the output layer
     fwm_norm: torch.Tensor | None = None  # (B, L) ‖F‖ before each clip, arch=fwm only (detached)
+    nll: torch.Tensor | None = None  # (B, L) −log p(target), when forward was given targets (0 where ignored)
 
 
 class LSTMLM(nn.Module):
@@ -63,6 +68,12 @@ class LSTMLM(nn.Module):
     When ``tied`` and ``hidden != emb_dim`` a linear projection maps the LSTM output to
     ``emb_dim`` so the output layer can share the embedding matrix; ``hidden`` in
     :class:`LMOutput` is then the projected vector (the output layer's input).
+
+    ``softmax="adaptive"`` makes the output layer a
+    :class:`~fastbind.layers.hebbian_adaptive.HebbianAdaptiveSoftmax` (memorizing when
+    ``head="hebbian"``, never when ``head="softmax"``). Its full distribution is never formed
+    in training: ``forward(x, state, targets=y)`` returns ``nll`` and no logits. Without
+    targets ``logits`` holds the full log-probabilities (their softmax is the same distribution).
     """
 
     def __init__(self, cfg: LMConfig) -> None:
@@ -92,23 +103,45 @@ class LSTMLM(nn.Module):
         self.proj = nn.Linear(cfg.hidden, d_out) if cfg.tied and cfg.hidden != cfg.emb_dim else nn.Identity()
         self.d_out = d_out
         tied_weight = self.embedding.weight if cfg.tied else None
+        if cfg.head not in ("softmax", "hebbian"):
+            raise ValueError(f"head must be 'softmax' or 'hebbian', got {cfg.head!r}")
+        if cfg.softmax == "adaptive":
+            if cfg.tied:
+                raise ValueError("tied embeddings need softmax=full (an adaptive softmax has no (V, d) matrix to share)")
+            if not cfg.cutoffs:
+                raise ValueError("softmax=adaptive needs cutoffs (fastbind.lm.resolve_auto sets them from the counts)")
+            hebbian = cfg.head == "hebbian"
+            if hebbian and "auto" in (cfg.gamma, cfg.T):
+                raise ValueError("gamma/T 'auto' must be resolved from the training counts first "
+                                 "(fastbind.lm.resolve_auto)")
+            if cfg.objective not in ("l2", "ip"):
+                raise ValueError(f"softmax=adaptive supports objective l2 or ip, got {cfg.objective!r}")
+            self.head = HebbianAdaptiveSoftmax(d_out, V, list(cfg.cutoffs), div_value=cfg.div_value, head_bias=True,
+                                               gamma=cfg.gamma if hebbian else 0.0, T=cfg.T if hebbian else 0,
+                                               objective=cfg.objective)
+            nn.init.zeros_(self.head.head.bias)
+            return
+        if cfg.softmax != "full":
+            raise ValueError(f"softmax must be 'full' or 'adaptive', got {cfg.softmax!r}")
         if cfg.head == "hebbian":
             if "auto" in (cfg.gamma, cfg.T):
                 raise ValueError("gamma/T 'auto' must be resolved from the training counts first "
                                  "(fastbind.lm.resolve_auto)")
             self.head: nn.Module = HebbianSoftmax(d_out, V, gamma=cfg.gamma, T=cfg.T, weight=tied_weight,
                                                   objective=cfg.objective)
-        elif cfg.head == "softmax":
+        else:
             self.head = nn.Linear(d_out, V)
             if tied_weight is not None:
                 self.head.weight = tied_weight
-        else:
-            raise ValueError(f"head must be 'softmax' or 'hebbian', got {cfg.head!r}")
         nn.init.zeros_(self.head.bias)
 
     @property
     def is_hebbian(self) -> bool:
-        return isinstance(self.head, HebbianSoftmax)
+        return self.cfg.head == "hebbian"
+
+    @property
+    def is_adaptive(self) -> bool:
+        return isinstance(self.head, HebbianAdaptiveSoftmax)
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         """Zero recurrent state ``(h0, c0)``, each ``(layers, B, hidden)`` (+ empty ``F`` for arch=fwm)."""
@@ -118,8 +151,12 @@ class LSTMLM(nn.Module):
             return z, z.clone(), self.fwm.init_state(batch_size, device or p.device, p.dtype)
         return z, z.clone()
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> LMOutput:
-        """Next-token logits for token ids ``x (B, L)``; ``state`` carries across chunks."""
+    def forward(self, x: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None) -> LMOutput:
+        """Next-token logits for token ids ``x (B, L)``; ``state`` carries across chunks.
+
+        With ``targets (B, L)`` the output also holds ``nll (B, L)``; an adaptive softmax then
+        computes only what the targets need and returns ``logits=None``.
+        """
         if x.dim() != 2:
             raise ValueError(f"x must be (batch, length) token ids, got shape {tuple(x.shape)}")
         e = F.dropout(self.embedding(x), self.cfg.input_dropout, self.training)  # (B, L, emb)
@@ -134,8 +171,18 @@ class LSTMLM(nn.Module):
         else:
             new_state = hc
         hidden = self.proj(self.norm(out))  # (B, L, d_out), what memorize sees
-        logits = self.head(F.dropout(hidden, self.cfg.dropout, self.training))  # (B, L, V)
-        return LMOutput(logits, new_state, hidden, norm)
+        dropped = F.dropout(hidden, self.cfg.dropout, self.training)
+        if self.is_adaptive:
+            B, L, d = dropped.shape
+            if targets is not None:  # only the head and the targets' clusters are computed
+                nll = -self.head(dropped.reshape(B * L, d), targets.reshape(B * L)).output.view(B, L)
+                return LMOutput(None, new_state, hidden, norm, nll)
+            return LMOutput(self.head.log_prob(dropped.reshape(B * L, d)).view(B, L, -1), new_state, hidden, norm)
+        logits = self.head(dropped)  # (B, L, V)
+        nll = None
+        if targets is not None:
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+        return LMOutput(logits, new_state, hidden, norm, nll)
 
     @torch.no_grad()
     def memorize(self, hidden: torch.Tensor, y: torch.Tensor, *, count_only: bool = False) -> None:
@@ -159,7 +206,14 @@ class LSTMLM(nn.Module):
             self.head.memorize(hidden, y)
 
     def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(W (V, d_out), b (V,) or None)`` of the output layer, for cache/MbPA evaluators."""
+        """``(W (V, d_out), b (V,) or None)`` of the output layer, for cache/MbPA evaluators.
+
+        Raises:
+            ValueError: for an adaptive softmax, which has no single ``(V, d)`` matrix (MbPA
+                adapts a full softmax output layer).
+        """
+        if self.is_adaptive:
+            raise ValueError("MbPA adapts a full softmax output layer; this model has softmax=adaptive")
         return self.head.weight, self.head.bias
 
 

@@ -62,13 +62,15 @@ def run_eval(run_dir: Path, cfg: LMEvalConfig) -> dict:
     tokens = getattr(corpus, cfg.split)
     use_cache, use_mbpa = cfg.cache.lam > 0, cfg.mbpa.lam > 0
     context = {}
+    if use_mbpa and model.is_adaptive:
+        raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
     if use_cache or use_mbpa:
         if cfg.batch_size != 1:
             raise UserError("cache/MbPA evaluation reads the split as one stream: use batch_size=1")
         H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=torch.device(cfg.device),
                                   max_tokens=cfg.max_tokens, progress=cfg.progress)
         lp_c = cache_log_probs(H, Y, cfg.cache, cfg.memory_chunk, cfg.progress) if use_cache else None
-        W, b = model.output_layer()
+        W, b = model.output_layer() if use_mbpa else (None, None)
         lp_m = (mbpa_log_probs(H, Y, W, b, cfg.mbpa, cfg.cache.size, cfg.memory_chunk, cfg.progress)
                 if use_mbpa else None)
         variants = bucket_results(variant_log_probs(LP, lp_c, lp_m, cfg.cache.lam, cfg.mbpa.lam), Y,

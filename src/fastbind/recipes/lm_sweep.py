@@ -98,9 +98,12 @@ def sweep(run_dir: Path, cfg: SweepConfig) -> dict:
     run = RunFolder(run_dir)
     lm = load_lm_run(run, cfg.checkpoint, cfg.device)
     _, model, corpus, ck = lm
+    if cfg.mbpa and model.is_adaptive:
+        raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive: sweep the cache "
+                        "alone with mbpa=false")
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
-    W, b = model.output_layer()
+    W, b = model.output_layer() if cfg.mbpa else (None, None)
     mbpa_sizes = cfg.mbpa_sizes or cfg.sizes
     n_passes = len(cfg.sizes) * len(cfg.thetas) + (len(mbpa_sizes) * len(cfg.ks) * len(cfg.steps) if cfg.mbpa else 0)
     bar = tqdm(total=n_passes, desc="sweep", disable=not cfg.progress)
@@ -164,7 +167,7 @@ def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, sp
     train_cfg, model, corpus, ck = lm
     H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=torch.device(cfg.device),
                               max_tokens=cfg.test_max_tokens, progress=cfg.progress)
-    W, b = model.output_layer()
+    W, b = model.output_layer() if cfg.mbpa else (None, None)
     bc, bm, bx = result["best_cache"], result["best_mbpa"], result["best_mixture"]
     lps = {"model": LP}
     settings: dict = {"model": None}

@@ -18,7 +18,6 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastbind.data.stream import ChunkStream
@@ -125,8 +124,8 @@ def train(cfg: LMTrainConfig) -> dict:
     while step < cfg.max_steps and not converged():
         model.train()
         x, y = (t.to(device) for t in stream.chunk(step))
-        res = ddp_model(x, train_state if cfg.carry_state else None)
-        loss = F.cross_entropy(res.logits.flatten(0, 1), y.flatten())
+        res = ddp_model(x, train_state if cfg.carry_state else None, targets=y)
+        loss = res.nll.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_grad(model.parameters(), cfg.optim)
