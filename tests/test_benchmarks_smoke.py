@@ -74,3 +74,13 @@ def test_bench_fwm_quick(tmp_path):
         assert r["tokens_per_s_median"] > 0 and len(r["step_s_rounds"]) == res["settings"]["rounds"]
     for key in ("fwm_vs_authors_loop", "fwm_vs_fwm_step", "fwm_step_vs_authors_loop", "fwm_vs_lstm"):
         assert res["ratios"][key] > 0, key
+
+
+def test_bench_adaptive_quick(tmp_path):
+    res = run_bench("bench_adaptive.py", tmp_path / "adaptive.json")
+    assert res["benchmark"] == "adaptive_softmax_train_throughput" and res["settings"]["cutoffs"]
+    (run,) = res["runs"]
+    assert run["threads"] == 1
+    assert set(run["results"]) == {"full", "full_hebbian", "adaptive", "adaptive_hebbian", "torch_adaptive"}
+    for key, value in run["ratios"].items():
+        assert value > 0, key
