@@ -84,3 +84,11 @@ def test_bench_adaptive_quick(tmp_path):
     assert set(run["results"]) == {"full", "full_hebbian", "adaptive", "adaptive_hebbian", "torch_adaptive"}
     for key, value in run["ratios"].items():
         assert value > 0, key
+
+
+def test_bench_vocab_scale_quick(tmp_path):
+    res = run_bench("bench_vocab_scale.py", tmp_path / "vocab.json")
+    assert [r["softmax"] for r in res["results"]] == ["full", "adaptive"]
+    for r in res["results"]:
+        assert r["vocab_size"] > 1000 and r["steps"] == 3 and r["test_tokens"] > 0
+        assert r["peak_rss_gib"] > 0 and r["test_ppl"] > 1
