@@ -195,6 +195,16 @@ def test_adaptive_memorize_moves_rows_only_for_a_hebbian_head():
         assert int(m.head.counts[7]) == (12 if moves else 0)
 
 
+def test_adaptive_memorize_tails_false_keeps_tail_rows():
+    m = adaptive_model(head="hebbian", memorize_tails=False)
+    before = m.head.tail[0][1].weight.detach().clone()
+    head_before = m.head.head.weight[3].detach().clone()
+    x, y = torch.randint(0, 40, (2, 6)), torch.tensor([[7] * 6, [3] * 6])  # a tail class and a head class
+    m.memorize(m(x, targets=y).hidden.detach(), y)
+    assert torch.equal(m.head.tail[0][1].weight, before)
+    assert not torch.equal(m.head.head.weight[3], head_before)
+
+
 def test_adaptive_settings_are_checked():
     with pytest.raises(ValueError, match="tied"):
         adaptive_model(tied=True)

@@ -52,6 +52,7 @@ class LMConfig:
     softmax: Literal["full", "adaptive"] = "full"  # adaptive: an adaptive softmax (Grave et al. 2017) as output layer
     cutoffs: tuple[int, ...] = ()  # softmax=adaptive: class ids where tail clusters start; () = from the counts
     div_value: float = 4.0  # softmax=adaptive: each tail cluster's projection is this much smaller
+    memorize_tails: bool = True  # softmax=adaptive, head=hebbian: also memorize tail classes (False: head classes only)
 
 
 class LMOutput(NamedTuple):
@@ -118,7 +119,7 @@ class LSTMLM(nn.Module):
                 raise ValueError(f"softmax=adaptive supports objective l2 or ip, got {cfg.objective!r}")
             self.head = HebbianAdaptiveSoftmax(d_out, V, list(cfg.cutoffs), div_value=cfg.div_value, head_bias=True,
                                                gamma=cfg.gamma if hebbian else 0.0, T=cfg.T if hebbian else 0,
-                                               objective=cfg.objective)
+                                               objective=cfg.objective, memorize_tails=cfg.memorize_tails)
             nn.init.zeros_(self.head.head.bias)
             return
         if cfg.softmax != "full":
