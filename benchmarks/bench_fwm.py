@@ -12,7 +12,10 @@ carried (detached) to the next step. Variants, all with embedding and hidden 256
   every step), to show what the segment form buys;
 * ``authors_loop``: a straightforward loop written the way the authors' code is — one module
   call per step, an LSTM cell of separate matrix products, the write and read projections
-  and every einsum per step.
+  and every einsum per step;
+* ``fwm_compiled`` (only when listed in ``--variants``): ``fwm`` with ``compiled=True``, each
+  block through ``torch.compile``; the warm-up compiles, and its time is reported as
+  ``compile_s``.
 
 Rounds interleave the variants (lstm, fwm, fwm_step, authors_loop, lstm, ...) so drift of the
 machine affects all alike; each reports the median tokens/s over rounds, and the ratios are
@@ -117,6 +120,8 @@ def make_variant(name: str, vocab: int, d: int, size: int, hops: int, seed: int)
         model = LSTMLM(cfg)
         if name == "fwm_step":
             model.fwm.impl = "step"
+        if name == "fwm_compiled":
+            model.fwm.compiled = True
 
         def forward(x, state):
             out = model(x, state)
@@ -160,9 +165,12 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(args.vocab, (args.batch, args.length), generator=g)
     y = torch.randint(args.vocab, (args.batch, args.length), generator=g)
+    warmup_s = {n: 0.0 for n in names}
     for _ in range(args.warmup):
         for n in names:
+            t0 = time.perf_counter()
             steps[n](x, y)
+            warmup_s[n] += time.perf_counter() - t0
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:
@@ -173,7 +181,9 @@ def main() -> None:
             seconds[n].append(time.perf_counter() - t0)
     tokens = args.batch * args.length
     results = {n: {"step_s_median": statistics.median(s), "tokens_per_s_median": tokens / statistics.median(s),
-                   "step_s_rounds": s} for n, s in seconds.items()}
+                   "step_s_rounds": s, "warmup_s": warmup_s[n]} for n, s in seconds.items()}
+    if "fwm_compiled" in results:
+        results["fwm_compiled"]["compile_s"] = warmup_s["fwm_compiled"] - results["fwm_compiled"]["step_s_median"]
 
     def ratio(a: str, b: str) -> float | None:  # how many times faster a is than b (median of per-round ratios)
         if a not in seconds or b not in seconds:
@@ -181,7 +191,8 @@ def main() -> None:
         return statistics.median(sb / sa for sa, sb in zip(seconds[a], seconds[b]))
 
     ratios = {"fwm_vs_authors_loop": ratio("fwm", "authors_loop"), "fwm_vs_fwm_step": ratio("fwm", "fwm_step"),
-              "fwm_step_vs_authors_loop": ratio("fwm_step", "authors_loop"), "fwm_vs_lstm": ratio("fwm", "lstm")}
+              "fwm_step_vs_authors_loop": ratio("fwm_step", "authors_loop"), "fwm_vs_lstm": ratio("fwm", "lstm"),
+              "fwm_compiled_vs_fwm": ratio("fwm_compiled", "fwm")}
     result = {"benchmark": "fwm_train_throughput", **environment(device),
               "settings": {k: getattr(args, k) for k in ("batch", "length", "hidden", "size", "hops", "vocab",
                                                          "rounds", "warmup")},
