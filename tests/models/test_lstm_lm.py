@@ -214,3 +214,19 @@ def test_adaptive_settings_are_checked():
         adaptive_model(head="hebbian", objective="svm")
     with pytest.raises(ValueError, match="MbPA"):
         adaptive_model().output_layer()
+
+
+def test_fwm_model_gradients_match_finite_differences():
+    torch.manual_seed(5)
+    m = LSTMLM(LMConfig(vocab_size=7, arch="fwm", emb_dim=3, hidden=3, fwm_size=2, fwm_hops=2,
+                        input_dropout=0.0, dropout=0.0)).double()
+    m.fwm.chunk = 2  # two blocks over the 4 steps
+    x, y = torch.randint(0, 7, (2, 4)), torch.randint(0, 7, (2, 4))
+    names = [n for n, _ in m.named_parameters()]
+
+    def loss(*params):
+        out = torch.func.functional_call(m, dict(zip(names, params)), (x,), {"targets": y})
+        return out.nll.sum() + out.state[2].pow(2).sum()
+
+    params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-6)

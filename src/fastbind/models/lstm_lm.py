@@ -182,7 +182,8 @@ class LSTMLM(nn.Module):
         logits = self.head(dropped)  # (B, L, V)
         nll = None
         if targets is not None:
-            nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half/bf16 logits: float32 loss
+            nll = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
         return LMOutput(logits, new_state, hidden, norm, nll)
 
     @torch.no_grad()
