@@ -19,6 +19,27 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def rank_batches():
+    """The function :func:`unequal_rank_batches` (the Hebbian layers' 2-rank tests share it)."""
+    return unequal_rank_batches
+
+
+def unequal_rank_batches(n_classes: int, dim: int, *, seed: int = 9) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Three steps of per-rank ``(h, y)`` batches for two ranks: unequal sizes, one empty local
+    batch, and every fourth label ``-100`` (ignored)."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for sizes in [(5, 9), (0, 3), (7, 1)]:
+        step = []
+        for n in sizes:
+            y = torch.randint(0, n_classes, (n,), generator=g)
+            y[::4] = -100
+            step.append((torch.randn(n, dim, generator=g), y))
+        batches.append(step)
+    return batches
+
+
+@pytest.fixture(scope="session")
 def omniglot_zip():
     """The function :func:`write_omniglot_zip` (tests build tiny Omniglot archives with it)."""
     return write_omniglot_zip

@@ -13,7 +13,6 @@ training recipe::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,7 +82,7 @@ def load_data(cfg: LMTrainConfig) -> Corpus:
 
 def vocab_digest(corpus: Corpus) -> str:
     """A digest of the vocabulary in id order (kept in checkpoints to catch a changed data set)."""
-    return hashlib.sha1("\n".join(corpus.vocab.itos).encode("utf-8")).hexdigest()
+    return corpus.vocab.digest()
 
 
 def check_vocab(ck: dict[str, Any], ck_path: Path, corpus: Corpus, data: str) -> str:

@@ -66,3 +66,10 @@ def test_save_load_round_trip(tmp_path):
     assert not list(tmp_path.glob("**/*.tmp"))  # atomic write leaves no temp file
     with pytest.raises(UserError, match="not found"):
         Vocabulary.load(tmp_path / "nope")
+
+
+def test_digest_follows_tokens_and_their_order():
+    a = Vocabulary(["<eos>", "<unk>", "the", "cat"])
+    assert a.digest() == Vocabulary(["<eos>", "<unk>", "the", "cat"]).digest()
+    assert a.digest() != Vocabulary(["<eos>", "<unk>", "cat", "the"]).digest()
+    assert a.digest() != Vocabulary(["<eos>", "<unk>", "the", "cats"]).digest()

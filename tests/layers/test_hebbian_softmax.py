@@ -333,16 +333,8 @@ def test_active_rejects_inactive_labels_and_bad_values():
     assert torch.equal(head.weight, before) and int(head.counts.sum()) == 0
 
 
-def test_two_ranks_with_unequal_batches_equal_one_process():
-    g = torch.Generator().manual_seed(9)
-    batches = []
-    for sizes in [(5, 9), (0, 3), (7, 1)]:  # unequal, and an empty local batch
-        step = []
-        for n in sizes:
-            y = torch.randint(0, 10, (n,), generator=g)
-            y[::4] = -100
-            step.append((torch.randn(n, 4, generator=g), y))
-        batches.append(step)
+def test_two_ranks_with_unequal_batches_equal_one_process(rank_batches):
+    batches = rank_batches(10, 4)  # unequal, an empty local batch, ignored labels
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp, batches), nprocs=2, join=True)
         r0 = torch.load(os.path.join(tmp, "r0.pt"))

@@ -9,6 +9,7 @@ them as a tensor beside the encoded splits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
@@ -129,6 +130,10 @@ class Vocabulary:
         return None if self.eos is None else self.stoi[self.eos]
 
     # ------------------------------------------------------------------ encode / decode
+    def digest(self) -> str:
+        """SHA-1 of the tokens in id order: what checkpoints keep to catch a changed data set."""
+        return hashlib.sha1("\n".join(self.itos).encode("utf-8")).hexdigest()
+
     def encode(self, tokens: Iterable[str]) -> np.ndarray:
         """Map tokens to ids.
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.adaptive import _ASMoutput
 
-from fastbind.layers.hebbian_softmax import _class_means, _counts_of, _gather_batch
+from fastbind.layers.hebbian_softmax import _checked_batch, _checked_labels, _class_means, _counts_of, _gather_batch
 
 __all__ = ["HebbianAdaptiveSoftmax", "default_cutoffs"]
 
@@ -207,32 +207,8 @@ class HebbianAdaptiveSoftmax(nn.AdaptiveLogSoftmaxWithLoss):
 
     def _check_labels(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat int64 labels without ignored ones, and the keep mask over the flat input."""
-        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"y must be an integer tensor of class ids, got {getattr(y, 'dtype', type(y).__name__)}")
-        if y.device != self.head.weight.device:
-            raise ValueError(f"y is on {y.device} but the layer is on {self.head.weight.device}")
-        y = y.reshape(-1).long()
-        keep = y != self.ignore_index
-        y = y[keep]
-        if y.numel() and bool(((y < 0) | (y >= self.n_classes)).any()):
-            raise ValueError(f"labels must lie in [0, {self.n_classes}) or equal ignore_index={self.ignore_index}, "
-                             f"got values in [{int(y.min())}, {int(y.max())}]")
-        return y, keep
+        return _checked_labels(y, self.n_classes, self.ignore_index, self.head.weight.device)
 
     def _check(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate and flatten; returns ``(h (N, d), y (N,))`` without ignored positions."""
-        if not isinstance(h, torch.Tensor) or not h.is_floating_point():
-            raise ValueError("h must be a floating-point tensor")
-        if h.dim() == 0 or h.shape[-1] != self.in_features:
-            raise ValueError(f"h has last dimension {tuple(h.shape)[-1:] or '()'}, expected "
-                             f"in_features={self.in_features}")
-        if not isinstance(y, torch.Tensor) or tuple(h.shape[:-1]) != tuple(y.shape):
-            shape_y = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"h shape {tuple(h.shape)} does not match y shape {shape_y} (need h.shape == y.shape + (d,))")
-        if h.device != self.head.weight.device:
-            raise ValueError(f"h is on {h.device} but the layer is on {self.head.weight.device}")
-        y, keep = self._check_labels(y)
-        h = h.reshape(-1, self.in_features)[keep]
-        if y.numel() and not bool(torch.isfinite(h).all()):
-            raise ValueError("h contains non-finite values (nan or inf) at non-ignored positions")
-        return h, y
+        return _checked_batch(h, y, self.in_features, self.n_classes, self.ignore_index, self.head.weight.device)

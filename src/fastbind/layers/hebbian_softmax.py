@@ -268,42 +268,11 @@ class HebbianSoftmax(nn.Module):
 
     def _check_labels(self, y: torch.Tensor) -> torch.Tensor:
         """Validate integer labels; returns the flat int64 labels with ignored ones removed."""
-        if not isinstance(y, torch.Tensor):
-            raise ValueError(f"y must be a tensor of class ids, got {type(y).__name__}")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"y must be an integer tensor of class ids, got dtype {y.dtype}")
-        if y.device != self.weight.device:
-            raise ValueError(f"y is on {y.device} but the layer is on {self.weight.device}")
-        y = y.reshape(-1).long()
-        y = y[y != self.ignore_index]
-        if y.numel() and bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}) or equal ignore_index={self.ignore_index}, "
-                f"got values in [{int(y.min())}, {int(y.max())}]"
-            )
-        return y
+        return _checked_labels(y, self.num_classes, self.ignore_index, self.weight.device)[0]
 
     def _check(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate and flatten; returns (h (N, d), y (N,)) with ignored positions removed."""
-        if not isinstance(h, torch.Tensor):
-            raise ValueError(f"h must be a tensor, got {type(h).__name__}")
-        if not h.is_floating_point():
-            raise ValueError(f"h must be a floating-point tensor, got dtype {h.dtype}")
-        if h.dim() == 0 or h.shape[-1] != self.in_features:
-            raise ValueError(f"h has last dimension {tuple(h.shape)[-1:] or '()'}, expected in_features={self.in_features}")
-        if not isinstance(y, torch.Tensor) or tuple(h.shape[:-1]) != tuple(y.shape):
-            shape_y = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"h shape {tuple(h.shape)} does not match y shape {shape_y} (need h.shape == y.shape + (d,))")
-        if h.device != self.weight.device:
-            raise ValueError(f"h is on {h.device} but the layer is on {self.weight.device}")
-        keep = y.reshape(-1) != self.ignore_index
-        y = self._check_labels(y)
-        h = h.reshape(-1, self.in_features)
-        if y.numel() != h.shape[0]:
-            h = h[keep]
-        if y.numel() and not bool(torch.isfinite(h).all()):
-            raise ValueError("h contains non-finite values (nan or inf) at non-ignored positions")
-        return h, y
+        return _checked_batch(h, y, self.in_features, self.num_classes, self.ignore_index, self.weight.device)
 
     def _neighbours(self, classes: torch.Tensor, h_mean: torch.Tensor,
                     active: torch.Tensor | None = None) -> torch.Tensor:
@@ -375,6 +344,50 @@ class HebbianSoftmax(nn.Module):
             return -(w - h_mean).norm(dim=-1)
         return self._objective(w.float(), h_mean.float(), None if neighbours is None else neighbours.float())
 
+
+
+def _checked_labels(y: torch.Tensor, n_classes: int, ignore_index: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate integer labels for a layer of ``n_classes`` on ``device``.
+
+    Returns the flat int64 labels with ``ignore_index`` removed and the keep mask over the flat
+    input; raises ``ValueError`` naming the problem (the Hebbian layers' shared check).
+    """
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"y must be a tensor of class ids, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be an integer tensor of class ids, got dtype {y.dtype}")
+    if y.device != device:
+        raise ValueError(f"y is on {y.device} but the layer is on {device}")
+    y = y.reshape(-1).long()
+    keep = y != ignore_index
+    y = y[keep]
+    if y.numel() and bool(((y < 0) | (y >= n_classes)).any()):
+        raise ValueError(f"labels must lie in [0, {n_classes}) or equal ignore_index={ignore_index}, "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    return y, keep
+
+
+def _checked_batch(h: torch.Tensor, y: torch.Tensor, in_features: int, n_classes: int, ignore_index: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate activations ``h (..., d)`` with labels ``y (...)``; returns ``(h (N, d), y (N,))``
+    without the ignored positions. Raises ``ValueError`` naming the problem."""
+    if not isinstance(h, torch.Tensor):
+        raise ValueError(f"h must be a tensor, got {type(h).__name__}")
+    if not h.is_floating_point():
+        raise ValueError(f"h must be a floating-point tensor, got dtype {h.dtype}")
+    if h.dim() == 0 or h.shape[-1] != in_features:
+        raise ValueError(f"h has last dimension {tuple(h.shape)[-1:] or '()'}, expected in_features={in_features}")
+    if not isinstance(y, torch.Tensor) or tuple(h.shape[:-1]) != tuple(y.shape):
+        shape_y = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"h shape {tuple(h.shape)} does not match y shape {shape_y} (need h.shape == y.shape + (d,))")
+    if h.device != device:
+        raise ValueError(f"h is on {h.device} but the layer is on {device}")
+    y, keep = _checked_labels(y, n_classes, ignore_index, device)
+    h = h.reshape(-1, in_features)[keep]
+    if y.numel() and not bool(torch.isfinite(h).all()):
+        raise ValueError("h contains non-finite values (nan or inf) at non-ignored positions")
+    return h, y
 
 def _project(w: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Project rows of ``w`` onto the ball ``‖w‖ ≤ max_norm``."""

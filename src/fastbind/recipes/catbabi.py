@@ -21,7 +21,6 @@ best validation mean keeps ``best.pt``. When the run reaches ``max_steps`` (or w
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastbind.data.babi import IGNORE_INDEX, NUM_TASKS, BabiData, CatbAbIEvalStream, CatbAbIStream, load_babi
+from fastbind.data.babi import IGNORE_INDEX, NUM_TASKS, CatbAbIEvalStream, CatbAbIStream, load_babi
 from fastbind.errors import UserError
 from fastbind.evaluation import answer_accuracy
 from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
@@ -94,10 +93,6 @@ _FREE_KEYS = frozenset({"out", "data", "device", "threads", "max_steps", "max_mi
                         "eval_segments", "log_every", "test", "compile", "tensorboard", "progress"})
 
 
-def _digest(data: BabiData) -> str:
-    return hashlib.sha1("\n".join(data.vocab.itos).encode("utf-8")).hexdigest()
-
-
 def results_markdown(record: dict) -> str:
     """``results.json`` as a markdown table: one row per task, then the mean."""
     lines = [f"catbAbI {record['mode'].upper()}-mode test accuracy, {record['arch']} "
@@ -124,7 +119,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     data = load_babi(cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
     for note in data.notes:  # e.g. a task trained on its 1k file: always said
         print(f"catbabi: {note}", flush=True)
-    digest = _digest(data)
+    digest = data.vocab.digest()
     if ck is not None and ck.get("vocab_digest") != digest:
         raise UserError(f"{run.path} was trained on another bAbI vocabulary than data={cfg.data} gives now")
     seed_everything(cfg.seed)
@@ -172,7 +167,7 @@ def train(cfg: CatbAbIConfig) -> dict:
             checkpoint("best")
         return val
 
-    start_step, t0 = step, time.perf_counter()
+    t0 = time.perf_counter()
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"catbabi {cfg.model.arch} {cfg.mode}", dynamic_ncols=True,
                disable=not cfg.progress)
     loss_sum, loss_n, hits, answers, norm_sum, n, t_log = 0.0, 0, 0, 0, 0.0, 0, time.perf_counter()
