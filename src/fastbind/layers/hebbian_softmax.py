@@ -345,7 +345,6 @@ class HebbianSoftmax(nn.Module):
         return self._objective(w.float(), h_mean.float(), None if neighbours is None else neighbours.float())
 
 
-
 def _checked_labels(y: torch.Tensor, n_classes: int, ignore_index: int,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate integer labels for a layer of ``n_classes`` on ``device``.
@@ -388,6 +387,7 @@ def _checked_batch(h: torch.Tensor, y: torch.Tensor, in_features: int, n_classes
     if y.numel() and not bool(torch.isfinite(h).all()):
         raise ValueError("h contains non-finite values (nan or inf) at non-ignored positions")
     return h, y
+
 
 def _project(w: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Project rows of ``w`` onto the ball ``‖w‖ ≤ max_norm``."""
