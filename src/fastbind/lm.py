@@ -31,8 +31,7 @@ from fastbind.training.buckets import DEFAULT_EDGES
 from fastbind.training.config import alias, to_dict
 from fastbind.training.optim import OptimConfig
 
-__all__ = ["LMRun", "LMTrainConfig", "build_model", "check_vocab", "load_data", "load_lm_run", "resolve_auto",
-           "vocab_digest"]
+__all__ = ["LMRun", "LMTrainConfig", "build_model", "load_data", "load_lm_run", "resolve_auto"]
 
 
 @dataclass
@@ -78,20 +77,6 @@ def load_data(cfg: LMTrainConfig) -> Corpus:
     cache = Path(cfg.data_dir) if cfg.data_dir else None
     options = to_dict(cfg.synthetic) if cfg.data.strip().lower() == "synthetic" else {}
     return load_corpus(cfg.data, cache, seed=cfg.seed, **options)
-
-
-def vocab_digest(corpus: Corpus) -> str:
-    """A digest of the vocabulary in id order (kept in checkpoints to catch a changed data set)."""
-    return corpus.vocab.digest()
-
-
-def check_vocab(ck: dict[str, Any], ck_path: Path, corpus: Corpus, data: str) -> str:
-    """The corpus's vocabulary digest; UserError when the checkpoint was trained on another vocabulary."""
-    digest = vocab_digest(corpus)
-    if ck.get("vocab_digest") != digest:
-        raise UserError(f"{ck_path} was trained on a different vocabulary ({ck.get('vocab_size')} types) than "
-                        f"data={data} gives now ({len(corpus.vocab)} types)")
-    return digest
 
 
 def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
@@ -150,7 +135,7 @@ def load_lm_run(run: RunFolder | str | os.PathLike[str], which: str = "best", de
         cfg = replace(cfg, data_dir=data_dir)
     ck, ck_path = run.load_checkpoint(which, fallback="last" if which == "best" else None)
     corpus = load_data(cfg)
-    check_vocab(ck, ck_path, corpus, cfg.data)
+    corpus.vocab.check_checkpoint(ck, ck_path, cfg.data)
     model = build_model(cfg, len(corpus.vocab))
     try:
         model.load_state_dict(ck["model"])

@@ -73,3 +73,12 @@ def test_digest_follows_tokens_and_their_order():
     assert a.digest() == Vocabulary(["<eos>", "<unk>", "the", "cat"]).digest()
     assert a.digest() != Vocabulary(["<eos>", "<unk>", "cat", "the"]).digest()
     assert a.digest() != Vocabulary(["<eos>", "<unk>", "the", "cats"]).digest()
+
+
+def test_check_checkpoint_returns_digest_or_names_both_sizes():
+    v = Vocabulary(["<eos>", "<unk>", "the", "cat"])
+    assert v.check_checkpoint({"vocab_digest": v.digest()}, "run/last.pt", "ptb") == v.digest()
+    other = Vocabulary(["<eos>", "<unk>", "the"])
+    with pytest.raises(UserError, match=r"run/last.pt was trained on a different vocabulary \(3 types\) "
+                                        r"than data=ptb gives now \(4 types\)"):
+        v.check_checkpoint({"vocab_digest": other.digest(), "vocab_size": 3}, "run/last.pt", "ptb")

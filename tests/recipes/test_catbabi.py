@@ -120,6 +120,18 @@ def test_resume_refuses_other_settings(tmp_path, release, capsys):
     assert "different 'model'" in err and len(err.splitlines()) == 1
 
 
+def test_resume_refuses_a_changed_data_set(tmp_path, release, capsys):
+    run, changed = tmp_path / "r", write_release(tmp_path / "changed", seed=1)
+    qa1 = changed / "tasks_1-20_v1-2/en-10k/qa1_single-supporting-fact_train.txt"
+    qa1.write_text(qa1.read_text() + "1 Bill went to the cellar.\n2 Where is Bill? \tcellar\t1\n")
+    assert catbabi(run, release, "max_steps=3", "eval_every=0") == 0
+    capsys.readouterr()
+    assert catbabi(run, changed, "max_steps=6", "eval_every=0") == 2
+    err = capsys.readouterr().err.strip()
+    assert "different vocabulary" in err and "types" in err and len(err.splitlines()) == 1
+    assert load_checkpoint(run / "last.pt")["step"] == 3  # nothing was overwritten
+
+
 @pytest.mark.parametrize("setup,match", [
     ("missing", "does not exist"),
     ("empty", "qa"),

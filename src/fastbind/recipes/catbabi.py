@@ -110,7 +110,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     run = RunFolder(cfg.out)
     ck = None
     if run.has_checkpoint("last"):
-        ck, _ = run.load_checkpoint("last", map_location=device)
+        ck, ck_path = run.load_checkpoint("last", map_location=device)
         saved, now = ck["config"], to_dict(cfg)
         changed = [k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k]]
         if changed:
@@ -119,9 +119,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     data = load_babi(cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
     for note in data.notes:  # e.g. a task trained on its 1k file: always said
         print(f"catbabi: {note}", flush=True)
-    digest = data.vocab.digest()
-    if ck is not None and ck.get("vocab_digest") != digest:
-        raise UserError(f"{run.path} was trained on another bAbI vocabulary than data={cfg.data} gives now")
+    digest = data.vocab.check_checkpoint(ck, ck_path, cfg.data) if ck is not None else data.vocab.digest()
     seed_everything(cfg.seed)
     model = LSTMLM(replace(cfg.model, vocab_size=len(data.vocab))).to(device)
     if cfg.compile and model.fwm is not None:
@@ -144,7 +142,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     def checkpoint(name: str) -> None:
         run.save_checkpoint(name, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg), "step": step,
-            "best_valid_mean": best, "stream": stream.state_dict(), "rng": rng_state(), "vocab_digest": digest,
+            "best_valid_mean": best, "stream": stream.state_dict(), "rng": rng_state(), "vocab_digest": digest, "vocab_size": len(data.vocab),
             "state": list(state) if state is not None else None,
         })
 

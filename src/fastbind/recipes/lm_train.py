@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from fastbind.data.stream import ChunkStream
 from fastbind.errors import UserError
 from fastbind.evaluation import evaluate
-from fastbind.lm import LMTrainConfig, build_model, check_vocab, load_data, resolve_auto, vocab_digest
+from fastbind.lm import LMTrainConfig, build_model, load_data, resolve_auto
 from fastbind.models.lstm_lm import detach_state
 from fastbind.runs import RunFolder
 from fastbind.training.buckets import BucketedNLL
@@ -55,7 +55,7 @@ def train(cfg: LMTrainConfig) -> dict:
                 raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
                                 f"use another out= or the same settings to resume")
     V = len(corpus.vocab)
-    digest = check_vocab(ck, last_path, corpus, cfg.data) if ck is not None else vocab_digest(corpus)
+    digest = corpus.vocab.check_checkpoint(ck, last_path, cfg.data) if ck is not None else corpus.vocab.digest()
     model = build_model(cfg, V).to(device)
     opt = build_optimizer(model.parameters(), cfg.optim)
     sched = build_scheduler(opt, cfg.optim, cfg.max_steps)
