@@ -91,6 +91,7 @@ def test_dry_run_trains_validates_and_tests(tmp_path, release, arch, mode, capsy
     assert "| qa8 |" in md and "**mean**" in md
     ck = load_checkpoint(run / "last.pt")
     assert ck["step"] == 20 and (len(ck["state"]) == 3) == (arch == "fwm")
+    assert ck["config"]["model"]["fwm_residual"] is False  # the authors' catbAbI model reads from the memory alone
 
 
 @pytest.mark.parametrize("mode", ["qa", "lm"])

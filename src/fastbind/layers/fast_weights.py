@@ -190,8 +190,8 @@ class FastWeightMemory(nn.Module):
         s, r, t: the fast-weight tensor's dimensions (the paper: 32 each). More than one hop
             feeds a ``t``-vector back as the next query, so it needs ``s == t``.
         hops: sequential reads (the paper: 3).
-        residual: add the read to ``z`` (the authors' catbAbI model; their QA-mode script
-            turns it off).
+        residual: add the read to ``z`` (the authors' PTB model); ``False`` outputs the read
+            alone (their catbAbI scripts, and ``fastbind catbabi``).
         impl: ``segment`` (default) computes a segment without materialising ``F`` at every
             step (see :func:`_scan_segment`; several times faster); ``step`` is the recurrence
             as written. Both give the same outputs and gradients up to rounding.
