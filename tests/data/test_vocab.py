@@ -78,6 +78,7 @@ def test_digest_follows_tokens_and_their_order():
 def test_check_checkpoint_returns_digest_or_names_both_sizes():
     v = Vocabulary(["<eos>", "<unk>", "the", "cat"])
     assert v.check_checkpoint({"vocab_digest": v.digest()}, "run/last.pt", "ptb") == v.digest()
+    assert v.check_checkpoint(None, None, "ptb") == v.digest()  # a new run: nothing to check
     other = Vocabulary(["<eos>", "<unk>", "the"])
     with pytest.raises(UserError, match=r"run/last.pt was trained on a different vocabulary \(3 types\) "
                                         r"than data=ptb gives now \(4 types\)"):

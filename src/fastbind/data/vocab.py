@@ -134,14 +134,15 @@ class Vocabulary:
         """SHA-1 of the tokens in id order: what checkpoints keep to catch a changed data set."""
         return hashlib.sha1("\n".join(self.itos).encode("utf-8")).hexdigest()
 
-    def check_checkpoint(self, ck: Mapping, ck_path: str | os.PathLike, data: str) -> str:
-        """This vocabulary's :meth:`digest`, after checking that checkpoint ``ck`` was trained on it.
+    def check_checkpoint(self, ck: Mapping | None, ck_path: str | os.PathLike | None, data: str) -> str:
+        """This vocabulary's :meth:`digest`, after checking that checkpoint ``ck`` (if any) was trained on it.
 
         Raises :class:`~fastbind.errors.UserError` naming the checkpoint and both sizes when
         ``ck["vocab_digest"]`` differs (``data`` is the setting that gave this vocabulary).
+        ``ck=None`` (a new run) only returns the digest.
         """
         digest = self.digest()
-        if ck.get("vocab_digest") != digest:
+        if ck is not None and ck.get("vocab_digest") != digest:
             raise UserError(f"{ck_path} was trained on a different vocabulary ({ck.get('vocab_size', '?')} types) "
                             f"than data={data} gives now ({len(self)} types)")
         return digest

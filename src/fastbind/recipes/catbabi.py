@@ -111,7 +111,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = RunFolder(cfg.out)
-    ck = None
+    ck, ck_path = None, None
     if run.has_checkpoint("last"):
         ck, ck_path = run.load_checkpoint("last", map_location=device)
         saved, now = ck["config"], to_dict(cfg)
@@ -122,7 +122,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     data = load_babi(cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
     for note in data.notes:  # e.g. a task trained on its 1k file: always said
         print(f"catbabi: {note}", flush=True)
-    digest = data.vocab.check_checkpoint(ck, ck_path, cfg.data) if ck is not None else data.vocab.digest()
+    digest = data.vocab.check_checkpoint(ck, ck_path, cfg.data)
     seed_everything(cfg.seed)
     model = LSTMLM(replace(cfg.model, vocab_size=len(data.vocab))).to(device)
     if cfg.compile and model.fwm is not None:
@@ -145,7 +145,8 @@ def train(cfg: CatbAbIConfig) -> dict:
     def checkpoint(name: str) -> None:
         run.save_checkpoint(name, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg), "step": step,
-            "best_valid_mean": best, "stream": stream.state_dict(), "rng": rng_state(), "vocab_digest": digest, "vocab_size": len(data.vocab),
+            "best_valid_mean": best, "stream": stream.state_dict(), "rng": rng_state(), "vocab_digest": digest,
+            "vocab_size": len(data.vocab),
             "state": list(state) if state is not None else None,
         })
 

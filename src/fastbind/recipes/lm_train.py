@@ -55,7 +55,7 @@ def train(cfg: LMTrainConfig) -> dict:
                 raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
                                 f"use another out= or the same settings to resume")
     V = len(corpus.vocab)
-    digest = corpus.vocab.check_checkpoint(ck, last_path, cfg.data) if ck is not None else corpus.vocab.digest()
+    digest = corpus.vocab.check_checkpoint(ck, last_path, cfg.data)
     model = build_model(cfg, V).to(device)
     opt = build_optimizer(model.parameters(), cfg.optim)
     sched = build_scheduler(opt, cfg.optim, cfg.max_steps)
