@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from fastbind.layers.hebbian_adaptive import HebbianAdaptiveSoftmax, default_cutoffs
+from fastbind import HebbianAdaptiveSoftmax
+from fastbind.layers.hebbian_adaptive import default_cutoffs
 
 D, V, CUTOFFS = 8, 30, [6, 15]
 
