@@ -11,4 +11,6 @@ from fastbind.layers.hebbian_adaptive import HebbianAdaptiveSoftmax
 from fastbind.layers.hebbian_softmax import HebbianSoftmax
 from fastbind.memory import MbPA, NeuralCache, mix_log_probs
 
-__all__ = ["FastWeightMemory", "HebbianAdaptiveSoftmax", "HebbianSoftmax", "MbPA", "NeuralCache", "mix_log_probs", "__version__"]
+__all__ = [
+    "FastWeightMemory", "HebbianAdaptiveSoftmax", "HebbianSoftmax", "MbPA", "NeuralCache", "mix_log_probs", "__version__",
+]

@@ -47,7 +47,7 @@ RESULTS = "results"  # results.json / results.md in the run folder
 def _model_defaults() -> LMConfig:
     # The authors' catbAbI model: embedding and LSTM 256, no dropout, F of 32 × 32 × 32, 3 reads, and
     # the output read from the memory alone (their catbAbI scripts turn the residual off; with it,
-    # QA mode learned markedly slower here: docs/RESULTS.md, "catbAbI").
+    # QA mode learned markedly slower here and LM mode somewhat faster: docs/RESULTS.md, "catbAbI").
     return LMConfig(arch="fwm", emb_dim=256, hidden=256, input_dropout=0.0, dropout=0.0, tied=False,
                     fwm_residual=False)
 
