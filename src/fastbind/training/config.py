@@ -289,6 +289,38 @@ def _section_keys(root: type, section: str) -> list[str]:
     return [prefix + f.name for f in _init_fields(cls)]
 
 
+# --------------------------------------------------------------------------- renamed keys
+
+
+def _renamed(root: type, key: str) -> str:
+    """``key`` under its current name: a root config class may declare ``RENAMED: ClassVar[dict]``
+    (old dotted key -> new dotted key, a section or a leaf), which command lines and saved
+    ``config.json`` files of older runs both go through."""
+    for old, new in getattr(root, "RENAMED", {}).items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return key
+
+
+def _rename_dict(root: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested dict with the keys of ``root.RENAMED`` moved to their new places."""
+    out = json.loads(json.dumps(data)) if getattr(root, "RENAMED", None) else dict(data)
+    for old, new in getattr(root, "RENAMED", {}).items():
+        *parents, leaf = old.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *parents, leaf = new.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)
+    return out
+
+
 # --------------------------------------------------------------------------- to / from dict
 
 
@@ -340,6 +372,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = "", _root
             the wrong type, or a required field that is missing.
     """
     root = _root or cls
+    if _root is None and isinstance(data, Mapping):
+        data = _rename_dict(cls, data)
     if not _is_dataclass_type(cls):
         raise TypeError(f"from_dict expects a dataclass type, got {cls!r}")
     if not isinstance(data, Mapping):
@@ -589,7 +623,7 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
             raise UserError(f"malformed override {item!r} (expected key=value)")
         if not _KEY_RE.match(key):
             raise UserError(f"malformed override {item!r}: {key!r} is not a dotted field name")
-        path = resolve_key(root, key)
+        path = resolve_key(root, _renamed(root, key))
         cfg = _set(cfg, path.split("."), text, path, root, key)
     return cfg
 
