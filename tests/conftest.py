@@ -10,6 +10,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _encoded_cache(tmp_path_factory):
+    """Encoded-data caches of the whole run go to a temp folder, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTBIND_CACHE", str(tmp_path_factory.mktemp("fastbind-cache")))
+        yield
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real data sets beside the repository (../shared/data); skips when absent."""

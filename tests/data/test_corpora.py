@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastbind.data import Corpus, corpora, detect_format, load_corpus, read_gutenberg, read_ptb, read_wikitext
+from fastbind.data import Corpus, detect_format, load_corpus, read_gutenberg, read_ptb, read_wikitext
+from fastbind.data import cache, gutenberg, linefiles
 from fastbind.data import download as dl
-from fastbind.data.corpora import regex_sentences, regex_words, split_books, strip_gutenberg_header, tokenize_book
+from fastbind.data.gutenberg import regex_sentences, regex_words, split_books, strip_gutenberg_header, tokenize_book
 from fastbind.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -97,16 +98,22 @@ def test_bad_specs_and_options(tmp_path):
 # ---------------------------------------------------------------------------- cache
 
 
+def _snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every path under a data folder with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
 def test_cache_hit_identical_and_invalidated_on_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBIND_CACHE", str(tmp_path / "cache"))
     folder = _write_splits(tmp_path / "wt", "wiki.{}.tokens")
     first = read_wikitext(folder)
-    assert len(list((folder / corpora.CACHE_FOLDER).glob("*/meta.json"))) == 1
+    assert len(list((tmp_path / "cache" / "encoded").glob("wt-*/*/meta.json"))) == 1
 
     def boom(*a, **k):
         raise AssertionError("re-encoded despite a valid cache")
 
-    real_encode = corpora._encode_line_files
-    monkeypatch.setattr(corpora, "_encode_line_files", boom)
+    real_encode = linefiles.encode_line_files
+    monkeypatch.setattr(linefiles, "encode_line_files", boom)
     second = read_wikitext(folder)
     for split in ("train", "valid", "test"):
         assert torch.equal(first.split(split), second.split(split))
@@ -116,29 +123,57 @@ def test_cache_hit_identical_and_invalidated_on_change(tmp_path, monkeypatch):
     (folder / "wiki.train.tokens").write_text(WIKI["train"] + " d d\n", encoding="utf-8")
     with pytest.raises(AssertionError, match="re-encoded"):
         read_wikitext(folder)
-    monkeypatch.setattr(corpora, "_encode_line_files", real_encode)
+    monkeypatch.setattr(linefiles, "encode_line_files", real_encode)
     third = read_wikitext(folder)
     assert _decode(third, "train")[-4:] == ["<eos>", "d", "d", "<eos>"] and "d" in third.vocab
 
     # A damaged entry is rebuilt, not trusted.
-    slot = next((folder / corpora.CACHE_FOLDER).glob("*/meta.json")).parent
+    slot = next((tmp_path / "cache").rglob("meta.json")).parent
     (slot / "train.npy").write_bytes(b"garbage")
     assert torch.equal(read_wikitext(folder).train, third.train)
     assert not list(slot.glob(".*.tmp"))  # atomic writes leave no temp files behind
+    assert sorted(p.name for p in folder.iterdir()) == [f"wiki.{s}.tokens" for s in ("test", "train", "valid")]
 
 
-def test_cache_goes_to_cache_dir_for_read_only_folder(tmp_path):
+@pytest.mark.parametrize("mode", [0o755, 0o555], ids=["writable", "read-only"])
+def test_cache_goes_to_the_cache_folder_never_into_the_data_folder(tmp_path, mode):
     folder = _write_splits(tmp_path / "ro", "{}.txt")
-    folder.chmod(0o555)
+    before = _snapshot(folder)
+    folder.chmod(mode)
     try:
         c = read_wikitext(folder, cache_dir=tmp_path / "cache")
-        assert not (folder / corpora.CACHE_FOLDER).exists()
+        assert _snapshot(folder) == before
         assert len(list((tmp_path / "cache" / "encoded").glob("ro-*/*/meta.json"))) == 1
         assert torch.equal(read_wikitext(folder, cache_dir=tmp_path / "cache").train, c.train)
     finally:
         folder.chmod(0o755)
-    read_wikitext(_write_splits(tmp_path / "nc", "{}.txt"), cache=False)
-    assert not (tmp_path / "nc" / corpora.CACHE_FOLDER).exists()
+    nc = _write_splits(tmp_path / "nc", "{}.txt")
+    before = _snapshot(nc)
+    read_wikitext(nc, cache=False, cache_dir=tmp_path / "nc-cache")
+    assert _snapshot(nc) == before and not (tmp_path / "nc-cache").exists()
+
+
+def test_cache_and_data_folders(tmp_path, monkeypatch):
+    for var in ("FASTBIND_CACHE", "FASTBIND_DATA", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home" / ".cache" / "fastbind"
+    assert cache.default_cache_dir() == home and cache.default_data_dir() == home
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert cache.default_cache_dir() == home
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.default_cache_dir() == tmp_path / "xdg" / "fastbind" and cache.default_data_dir() == home
+    monkeypatch.setenv("FASTBIND_DATA", str(tmp_path / "data"))  # the cache follows data moved by the user
+    assert cache.default_cache_dir() == tmp_path / "data" and cache.default_data_dir() == tmp_path / "data"
+    monkeypatch.setenv("FASTBIND_CACHE", str(tmp_path / "c"))
+    assert cache.default_cache_dir() == tmp_path / "c" and cache.default_data_dir() == tmp_path / "data"
+    # An explicit data_dir holds the named sets and the cache, whatever the environment says.
+    folder = _write_splits(tmp_path / "p", "ptb.{}.txt")
+    load_corpus(folder, cache_dir=tmp_path / "explicit")
+    assert list((tmp_path / "explicit" / "encoded").glob("p-*/ptb-*/meta.json"))
+    load_corpus(folder)
+    assert list((tmp_path / "c" / "encoded").glob("p-*/ptb-*/meta.json"))
+    assert not (tmp_path / "home").exists() and not (tmp_path / "xdg").exists()
 
 
 # ---------------------------------------------------------------------------- Gutenberg
@@ -240,21 +275,21 @@ def test_gutenberg_min_count(gutenberg_folder):
 
 def test_gutenberg_tokenizer_choice(gutenberg_folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "nltk", None)  # not installed
-    assert corpora._tokenizer("auto")[0].startswith("regex")
+    assert gutenberg._tokenizer("auto")[0].startswith("regex")
     with pytest.raises(UserError, match="pip install nltk"):
-        corpora._tokenizer("nltk")
+        gutenberg._tokenizer("nltk")
 
     def missing(*a, **k):
         raise LookupError("Resource punkt not found.")
 
     monkeypatch.setitem(sys.modules, "nltk", types.SimpleNamespace(sent_tokenize=missing, word_tokenize=missing))
-    assert corpora._tokenizer("auto")[0].startswith("regex")
+    assert gutenberg._tokenizer("auto")[0].startswith("regex")
     with pytest.raises(UserError, match="punkt"):
-        corpora._tokenizer("nltk")
+        gutenberg._tokenizer("nltk")
 
     fake = types.SimpleNamespace(__version__="0-fake", sent_tokenize=lambda t: [t], word_tokenize=str.split)
     monkeypatch.setitem(sys.modules, "nltk", fake)
-    assert corpora._tokenizer("auto")[0] == "nltk-0-fake"
+    assert gutenberg._tokenizer("auto")[0] == "nltk-0-fake"
     regex = read_gutenberg(gutenberg_folder, min_count=1, tokenizer="regex")
     fake_nltk = read_gutenberg(gutenberg_folder, min_count=1)  # auto -> the (fake) NLTK; not the regex cache entry
     assert len(fake_nltk.train) < len(regex.train)  # one "sentence" per book, whitespace words
@@ -279,7 +314,7 @@ def test_gutenberg_errors(tmp_path):
 
 def test_named_dataset_from_data_dir_and_download(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTBIND_DATA", str(tmp_path / "store"))
-    assert corpora.default_cache_dir() == tmp_path / "store"
+    assert cache.default_data_dir() == tmp_path / "store"
     _write_splits(tmp_path / "store" / "ptb", "ptb.{}.txt")
     assert load_corpus("ptb").name == "ptb"
     assert load_corpus("penn-treebank").name == "ptb"
@@ -327,11 +362,7 @@ def _shared(name: str) -> Path:
 
 def test_real_wikitext2(tmp_path):
     folder = _shared("wikitext-2")
-
-    def snapshot():  # every path under the data folder with its size and modification time
-        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-    before = snapshot()
+    before = _snapshot(folder)
     t0 = time.perf_counter()
     c = load_corpus(folder, cache_dir=tmp_path)
     cold = time.perf_counter() - t0
@@ -340,7 +371,7 @@ def test_real_wikitext2(tmp_path):
     assert int(c.train_counts.sum()) == len(c.train)
     assert int(c.train_counts[c.vocab.eos_id]) == 36_718  # one <eos> per line
     assert _decode(c, "train")[:6] == ["<eos>", "=", "Valkyria", "Chronicles", "III", "="]
-    assert snapshot() == before  # read-only data stays untouched (whatever was there before)
+    assert _snapshot(folder) == before  # the data folder stays untouched, writable or not
     assert list(tmp_path.rglob("meta.json"))  # the encoded copy went to the cache folder instead
     t0 = time.perf_counter()
     warm = load_corpus(folder, cache_dir=tmp_path)
@@ -350,7 +381,9 @@ def test_real_wikitext2(tmp_path):
 
 
 def test_real_ptb(tmp_path):
+    before = _snapshot(_shared("ptb"))
     c = load_corpus(_shared("ptb"), cache_dir=tmp_path)
+    assert _snapshot(_shared("ptb")) == before and list(tmp_path.rglob("meta.json"))
     assert (len(c.train), len(c.valid), len(c.test)) == (929_589, 73_760, 82_430)
     assert len(c.vocab) == 10_000
     # PTB's vocabulary is closed: valid/test need no extra <unk> mapping beyond the file's own.
@@ -359,7 +392,9 @@ def test_real_ptb(tmp_path):
 
 
 def test_real_gutenberg_zip(tmp_path):
+    before = _snapshot(_shared("gutenberg"))
     c = load_corpus(_shared("gutenberg/gutenberg.zip"), cache_dir=tmp_path, tokenizer="regex")
+    assert _snapshot(_shared("gutenberg")) == before and list(tmp_path.rglob("meta.json"))
     with zipfile.ZipFile(SHARED_DATA / "gutenberg/gutenberg.zip") as zf:
         names = zf.namelist()
     books = split_books([f.split("/")[-1][:-4] for f in names if f.endswith(".txt")])

@@ -61,9 +61,11 @@ def test_first_five_drawings_are_the_test_set(archives):
 
 
 def test_cache_is_used_and_invalidated(archives, tmp_path, monkeypatch, omniglot_zip):
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in archives.rglob("*")}
     first = load_omniglot(archives, tmp_path / "cache", progress=False)
-    cache_files = list(archives.rglob("omniglot.pt"))
-    assert len(cache_files) == 1  # beside the archives, the folder being writable
+    cache_files = list((tmp_path / "cache" / "encoded").rglob("omniglot.pt"))
+    assert len(cache_files) == 1  # in the cache folder, never beside the archives (writable here)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in archives.rglob("*")} == before
     assert oct(cache_files[0].stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
     def boom(*a, **k):

@@ -10,23 +10,23 @@ Main entry point::
     corpus.train_counts                                # (len(vocab),) int64, for frequency buckets
     omni = load_omniglot("../shared/data/omniglot")    # Omniglot archives -> 28 x 28 uint8 tensors
     babi = load_babi("../shared/data/babi")            # bAbI stories for catbAbI streams
+
+Modules, in import order: ``vocab``, ``corpus`` (the Corpus type), ``cache`` (data and cache
+folders, the one encoded-data cache), ``download``, ``linefiles`` (WikiText/PTB and the
+streaming line encoder), ``gutenberg``, ``synthetic``, ``corpora`` (``load_corpus`` and the
+named sets), ``omniglot``, ``babi``, ``stream``, ``statistics``.
 """
 
 from fastbind.data.babi import BabiData, CatbAbIEvalStream, CatbAbIStream, load_babi
-from fastbind.data.corpora import (
-    SPLITS,
-    Corpus,
-    default_cache_dir,
-    detect_format,
-    load_corpus,
-    read_gutenberg,
-    read_ptb,
-    read_wikitext,
-)
+from fastbind.data.cache import default_cache_dir, default_data_dir
+from fastbind.data.corpora import detect_format, load_corpus
+from fastbind.data.corpus import SPLITS, Corpus
 
 # The download() function stays in fastbind.data.download: exporting it here would shadow
 # the submodule of the same name.
 from fastbind.data.download import DownloadError, fetch_dataset
+from fastbind.data.gutenberg import read_gutenberg
+from fastbind.data.linefiles import read_ptb, read_wikitext
 from fastbind.data.omniglot import Omniglot, load_omniglot
 from fastbind.data.synthetic import SyntheticConfig, SyntheticLanguage, token_nll
 from fastbind.data.synthetic import generate as generate_synthetic
@@ -44,6 +44,7 @@ __all__ = [
     "SyntheticLanguage",
     "Vocabulary",
     "default_cache_dir",
+    "default_data_dir",
     "detect_format",
     "fetch_dataset",
     "generate_synthetic",

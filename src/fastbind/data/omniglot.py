@@ -7,17 +7,19 @@ with one class per alphabet/character. A class present in two archives (the smal
 subsets share Greek and Latin) is counted once. Drawings are taken in file-name order;
 the first ``test_per_class`` (5) of each class form the test set and the rest (15) the
 training set, as in Rae et al. (2018), section 4.1. Images are resized to 28 × 28 once
-(area averaging, ink = 255 on a 0 background) and kept as one uint8 tensor file, so later
-runs start in a second; the file is rebuilt when the archives change.
+(area averaging, ink = 255 on a 0 background) and kept as one uint8 tensor file in the
+encoded-data cache (:mod:`fastbind.data.cache`), so later runs start in a second; the file
+is rebuilt when the archives change.
 
 ``data="omniglot"`` downloads the two full archives (1,623 classes) from the official
-repository into the data cache folder the first time; offline, the error names the
-folder to put them in by hand.
+repository into the data folder the first time; offline, the error names the folder to
+put them in by hand.
 
 Example::
 
     data = load_omniglot("../shared/data/omniglot")       # 242 classes from the small subsets
-    x = data.train_images[data.train_index(classes, rng)]  # (B, 28, 28) uint8
+    idx = torch.randint(len(data.train_labels), (64,), generator=g)
+    x = data.train_images[idx]                             # (64, 28, 28) uint8, labels data.train_labels[idx]
     x = augment(x.float().div(255).unsqueeze(1), generator=g)  # rotation and shift, batched
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastbind._io import atomic_write
-from fastbind.data.corpora import CACHE_FOLDER, _cache_slot, default_cache_dir
+from fastbind.data.cache import cached, data_root, entry
 from fastbind.data.download import DownloadError, download
 from fastbind.errors import UserError
 
@@ -46,7 +48,6 @@ OMNIGLOT_SOURCES = {
     "images_evaluation.zip": "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_evaluation.zip",
 }
 IMAGE_SIZE = 28
-_CACHE_VERSION = 1
 
 
 @dataclass
@@ -77,21 +78,9 @@ class Omniglot:
     def alphabets(self) -> list[str]:
         return sorted({c.split("/")[0] for c in self.classes})
 
-    def train_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(first index, number of drawings)`` of each class in the training set."""
-        return _offsets(self.train_labels, self.num_classes)
-
-    def test_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _offsets(self.test_labels, self.num_classes)
-
     def __repr__(self) -> str:
         return (f"Omniglot({self.num_classes} classes from {len(self.alphabets)} alphabets, "
                 f"{len(self.train_labels)} train / {len(self.test_labels)} test images)")
-
-
-def _offsets(labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    counts = torch.bincount(labels, minlength=n)
-    return torch.cumsum(counts, 0) - counts, counts
 
 
 # --------------------------------------------------------------------------- reading
@@ -112,10 +101,9 @@ def _find_sources(root: Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise UserError(f"Omniglot folder {root} does not exist")
-    zips = sorted(p for p in root.rglob("*.zip") if CACHE_FOLDER not in p.parts)
+    zips = sorted(root.rglob("*.zip"))
     # An extracted archive: a folder whose PNGs sit two levels below it (alphabet/character/).
-    folders = sorted({p.parents[2] for p in root.rglob("*.png")
-                      if CACHE_FOLDER not in p.parts and len(p.relative_to(root).parts) >= 3})
+    folders = sorted({p.parents[2] for p in root.rglob("*.png") if len(p.relative_to(root).parts) >= 3})
     return zips + folders
 
 
@@ -221,52 +209,40 @@ def load_omniglot(data: str | Path, cache_dir: str | Path | None = None, *, test
 
     Args:
         data: A folder holding Omniglot zips and/or extracted archives, a zip, or
-            ``"omniglot"`` to download the full set into ``cache_dir/omniglot``.
-        cache_dir: Data cache folder (default ``$FASTBIND_DATA`` or ``~/.cache/fastbind``);
-            the resized tensors go beside the archives when that folder is writable, else here.
+            ``"omniglot"`` to download the full set into ``<data folder>/omniglot``.
+        cache_dir: The ``data_dir`` setting: folder of the downloaded set and of the
+            encoded-data cache (defaults: :func:`~fastbind.data.cache.default_data_dir`,
+            :func:`~fastbind.data.cache.default_cache_dir`). ``data`` is never written to.
         test_per_class: Drawings per class in the test set (the first ones by file name).
         progress: Progress bars for downloading and resizing.
 
     Returns:
         An :class:`Omniglot`.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if str(data).strip().lower() == "omniglot":
-        root = cache / "omniglot"
+        root = data_root(cache_dir) / "omniglot"
         _fetch_full(root, progress)
     else:
         root = Path(data).expanduser()
     sources = _find_sources(root)
     if not sources:
         raise UserError(f"no Omniglot archives or image folders under {root}")
-    key = {"version": _CACHE_VERSION, "size": IMAGE_SIZE, "test_per_class": test_per_class,
-           "sources": _source_key(sources)}
-    folder = root if root.is_dir() else root.parent
-    slot = _cache_slot(folder, f"omniglot-{IMAGE_SIZE}", cache) / "omniglot.pt"
-    hit = _load_cached(slot, key)
-    if hit is not None:
-        return hit
-    data_ = read_omniglot(root, test_per_class=test_per_class, progress=progress)
-    state = {"key": key, "classes": data_.classes, "sources": data_.sources, "train_images": data_.train_images,
-             "train_labels": data_.train_labels, "test_images": data_.test_images, "test_labels": data_.test_labels}
-    try:
-        atomic_write(slot, lambda fh: torch.save(state, fh))
-    except OSError:
-        pass  # a cache we cannot write only costs the next run the resizing
-    return data_
+    key = {"size": IMAGE_SIZE, "test_per_class": test_per_class, "sources": _source_key(sources)}
+    return cached(entry(root, f"omniglot-{IMAGE_SIZE}", cache_dir), key,
+                  lambda: read_omniglot(root, test_per_class=test_per_class, progress=progress), _write, _read)
 
 
-def _load_cached(slot: Path, key: dict) -> Omniglot | None:
-    if not slot.is_file():
-        return None
-    try:
-        s = torch.load(slot, weights_only=True)
-        if s.get("key") != key:
-            return None
-        return Omniglot(list(s["classes"]), s["train_images"], s["train_labels"], s["test_images"],
-                        s["test_labels"], list(s["sources"]))
-    except Exception:  # a damaged cache is rebuilt
-        return None
+def _write(slot: Path, data: Omniglot) -> dict:
+    state = {"classes": data.classes, "sources": data.sources, "train_images": data.train_images,
+             "train_labels": data.train_labels, "test_images": data.test_images, "test_labels": data.test_labels}
+    atomic_write(slot / "omniglot.pt", lambda fh: torch.save(state, fh))
+    return {}
+
+
+def _read(slot: Path, meta: Mapping) -> Omniglot:
+    s = torch.load(slot / "omniglot.pt", weights_only=True)
+    return Omniglot(list(s["classes"]), s["train_images"], s["train_labels"], s["test_images"],
+                    s["test_labels"], list(s["sources"]))
 
 
 # --------------------------------------------------------------------------- augmentation

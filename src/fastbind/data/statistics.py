@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fastbind.data.corpora import Corpus
+from fastbind.data.corpus import Corpus
 from fastbind.data.vocab import EOS
 from fastbind.training.buckets import DEFAULT_EDGES, bucket_names, class_buckets
 

@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from fastbind.data.corpora import SPLITS, Corpus
+from fastbind.data.corpus import SPLITS, Corpus
 from fastbind.data.vocab import EOS, UNK, Vocabulary
 from fastbind.errors import UserError
 
