@@ -205,12 +205,7 @@ def gather_rng_states() -> list[dict[str, Any]]:
     Every rank must call it. A checkpoint keeps the list; on resume with the same number of
     ranks each rank restores its own entry, so a resumed run continues every random stream.
     """
-    states = rng_state()
-    if not distributed.is_distributed():
-        return [states]
-    out: list[Any] = [None] * distributed.get_world_size()
-    torch.distributed.all_gather_object(out, states)
-    return out
+    return distributed.all_gather_object(rng_state())
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
