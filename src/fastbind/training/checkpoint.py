@@ -23,8 +23,8 @@ Writes go to a temp file in the destination folder, are flushed and fsynced, the
 renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so a crash
 mid-save leaves the previous checkpoint intact.
 
-RNG states are captured per process; the checkpoint holds the primary rank's. Resuming a
-multi-rank run therefore restores rank 0's streams exactly and the others approximately.
+RNG states are captured per process. :func:`gather_rng_states` collects every rank's, so a
+multi-rank run resumed on the same number of ranks continues each rank's streams exactly.
 """
 
 from __future__ import annotations
