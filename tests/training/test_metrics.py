@@ -92,4 +92,3 @@ def test_tensorboard_receives_scalars(tmp_path: pathlib.Path, monkeypatch: pytes
         assert log.tensorboard
         log.log(4, {"loss": 1.5, "bucket": {"rare": 2}, "note": "text"})
     assert calls == [("init", str(tmp_path / "tb")), ("loss", 1.5, 4), ("bucket/rare", 2.0, 4), ("close",)]
-

@@ -28,4 +28,3 @@ def test_seed_everything_reproduces() -> None:
 def test_seed_validation(bad: object) -> None:
     with pytest.raises(ValueError):
         seed_everything(bad)  # type: ignore[arg-type]
-

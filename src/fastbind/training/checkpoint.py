@@ -16,8 +16,9 @@ A checkpoint is a dict of state_dicts plus context, in the nanoGPT style::
 Only tensors, Python scalars, strings, ``None``, lists/tuples and dicts (plus
 ``torch.Size``/``dtype``/``device``) may appear, because :func:`load_checkpoint` reads
 with ``torch.load(weights_only=True)``: opening a checkpoint never runs code, and a file
-holding pickled objects is refused (a damaged file is reported as damaged, not as refused). Saving checks this up front, so a module or a numpy
-array fails at save time with the offending key, not when resuming.
+holding pickled objects is refused (a damaged file is reported as damaged, not as refused).
+Saving checks this up front, so a module or a numpy array fails at save time with the
+offending key, not when resuming.
 
 Writes go to a temp file in the destination folder, are flushed and fsynced, then
 renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so a crash
@@ -169,7 +170,8 @@ def _unreadable(path: pathlib.Path, exc: BaseException) -> UserError:
     if isinstance(exc, pickle.UnpicklingError) and _pickle_intact(path):
         named = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" ({named[1]})" if named else ""
-        return UserError(f"checkpoint {where} holds pickled Python objects{what}, refused for safety (weights-only load)")
+        return UserError(f"checkpoint {where} holds pickled Python objects{what}, "
+                         "refused for safety (weights-only load)")
     with open(path, "rb") as fh:
         zip_start = fh.read(4) == b"PK\x03\x04"
     if not zip_start:

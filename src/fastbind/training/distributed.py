@@ -238,4 +238,3 @@ def cleanup() -> None:
     """Destroy the process group if one is running (call once at the end of a recipe)."""
     if is_distributed():
         dist.destroy_process_group()
-

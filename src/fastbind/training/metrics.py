@@ -182,4 +182,3 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise UserError(f"{str(p)!r} line {i + 1} is not a JSON object")
         rows.append(row)
     return rows
-

@@ -35,4 +35,3 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device (lazily if CUDA is not yet initialised)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
