@@ -15,7 +15,7 @@ import sys
 from fastbind import __version__
 from fastbind.errors import UserError
 
-# command -> (module, one-line help). Recipes are listed here as they land.
+# command -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastbind.recipes.demo", "the main job: softmax vs Hebbian LM on the synthetic corpus"),
     "lm-train": ("fastbind.recipes.lm_train", "train an LSTM language model (softmax or Hebbian head)"),

@@ -1,4 +1,4 @@
-"""HebbianSoftmax against a slow, obviously-correct loop of the DESIGN.md rule."""
+"""HebbianSoftmax against a slow, obviously-correct loop of its update rule (docs/hebbian_softmax.md)."""
 
 from __future__ import annotations
 

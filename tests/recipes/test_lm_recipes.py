@@ -109,6 +109,18 @@ def test_corrupt_checkpoint_is_refused_and_kept(tmp_path, capsys):
     assert (run / "last.pt").read_bytes() == b"not a checkpoint"
 
 
+def test_damaged_checkpoint_is_named_in_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train(run, "max_steps=2", "eval_every=2") == 0
+    whole = (run / "best.pt").read_bytes()
+    for damaged in (whole[: len(whole) // 2], os.urandom(4096)):  # cut short; random bytes
+        (run / "best.pt").write_bytes(damaged)
+        assert cli(["lm-eval", str(run), "progress=false"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(run / "best.pt") in err[0], err
+        assert "damaged or not a fastbind checkpoint" in err[0] and "pickled" not in err[0], err
+
+
 def _write_ptb(folder: Path, extra_word: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"the cat sat on the mat number {i % 7} {extra_word}".strip() for i in range(300)]

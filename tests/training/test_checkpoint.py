@@ -4,6 +4,7 @@ import io
 import pathlib
 import pickle
 import random
+import zipfile
 
 import numpy as np
 import pytest
@@ -103,16 +104,31 @@ def test_truncated_file(tmp_path: pathlib.Path, keep: float) -> None:
     data = good.read_bytes()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(data[: int(keep * len(data)) if isinstance(keep, float) else keep])
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UserError, match="damaged or not a fastbind checkpoint") as info:
         load_checkpoint(bad)
     assert "bad.pt" in str(info.value)
     assert "\n" not in str(info.value)
 
 
-def test_garbage_file(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("content", [b"this is not a checkpoint at all" * 10, b"\x80\x02garbage",
+                                     bytes(range(256)) * 20, b"PK\x03\x04" + bytes(500)])
+def test_garbage_file(tmp_path: pathlib.Path, content: bytes) -> None:
     bad = tmp_path / "junk.pt"
-    bad.write_bytes(b"this is not a checkpoint at all" * 10)
-    with pytest.raises(UserError, match="junk.pt"):
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match="junk.pt.* is damaged or not a fastbind checkpoint") as info:
+        load_checkpoint(bad)
+    assert "\n" not in str(info.value) and "pickled" not in str(info.value)
+
+
+def test_damaged_pickle_inside_an_intact_archive(tmp_path: pathlib.Path) -> None:
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, _state())
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():  # the same archive with its pickle cut in half
+            data = src.read(info)
+            dst.writestr(info, data[: len(data) // 2] if info.filename.endswith("/data.pkl") else data)
+    with pytest.raises(UserError, match="bad.pt.* is damaged or not a fastbind checkpoint"):
         load_checkpoint(bad)
 
 
@@ -129,8 +145,9 @@ def test_not_a_fastbind_checkpoint(tmp_path: pathlib.Path) -> None:
 def test_pickled_object_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "payload": Payload()}, path)
-    with pytest.raises(UserError, match="pickled Python objects"):
+    with pytest.raises(UserError, match="pickled Python objects") as info:
         load_checkpoint(path)
+    assert "evil.pt" in str(info.value) and "damaged" not in str(info.value)
 
 
 def test_load_uses_weights_only(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:

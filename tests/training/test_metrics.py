@@ -10,7 +10,7 @@ import torch
 
 from fastbind.errors import UserError
 from fastbind.training import metrics as M
-from fastbind.training.metrics import MetricsWriter, perplexity, read_metrics
+from fastbind.training.metrics import MetricsWriter, read_metrics
 
 
 def test_jsonl_round_trip(tmp_path: pathlib.Path) -> None:
@@ -92,15 +92,3 @@ def test_tensorboard_receives_scalars(tmp_path: pathlib.Path, monkeypatch: pytes
         assert log.tensorboard
         log.log(4, {"loss": 1.5, "bucket": {"rare": 2}, "note": "text"})
     assert calls == [("init", str(tmp_path / "tb")), ("loss", 1.5, 4), ("bucket/rare", 2.0, 4), ("close",)]
-
-
-def test_perplexity() -> None:
-    assert perplexity(0.0, 10) == 1.0
-    assert perplexity(10 * math.log(50.0), 10) == pytest.approx(50.0)
-    assert perplexity(torch.tensor(20.0), torch.tensor(10)) == pytest.approx(math.exp(2.0))
-    assert perplexity(1e6, 10) == math.inf  # exp(1e5) overflows a double
-    assert perplexity(7090.0, 10) == pytest.approx(math.exp(709.0))  # just below the overflow edge
-    assert perplexity(7100.0, 10) == math.inf  # just above it
-    assert math.isnan(perplexity(math.nan, 3))
-    with pytest.raises(ValueError):
-        perplexity(1.0, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastbind.training.seed import deterministic, seed_everything
+from fastbind.training.seed import seed_everything
 
 
 def _draws() -> tuple:
@@ -28,16 +28,3 @@ def test_seed_everything_reproduces() -> None:
 def test_seed_validation(bad: object) -> None:
     with pytest.raises(ValueError):
         seed_everything(bad)  # type: ignore[arg-type]
-
-
-def test_deterministic_toggle() -> None:
-    was = torch.are_deterministic_algorithms_enabled()
-    try:
-        deterministic(True)
-        assert torch.are_deterministic_algorithms_enabled()
-        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-        deterministic(False)
-        assert not torch.are_deterministic_algorithms_enabled()
-        assert not torch.backends.cudnn.deterministic
-    finally:
-        torch.use_deterministic_algorithms(was)

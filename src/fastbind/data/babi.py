@@ -53,7 +53,6 @@ __all__ = [
     "CatbAbIStream",
     "Story",
     "load_babi",
-    "parse_babi_file",
 ]
 
 NUM_TASKS = 20
@@ -79,6 +78,11 @@ _LAYOUT = (
 
 def _parse(path: Path) -> tuple[list[str], list[int], list[int]]:
     """Tokenize one bAbI file into a flat token list with ``<eos>`` at every story start.
+
+    Lines are ``"<id> <text>"``, the id restarting at 1 with each story. Statements give
+    their lower-cased words with the final ``"."`` as a token of its own; questions
+    (``"<question>?\\t<answer>\\t<supporting ids>"``) give their words, ``"?"`` and the
+    answer as one token (``"apple,milk"`` stays whole); supporting ids are dropped.
 
     Returns:
         ``(tokens, starts, questions)``: all tokens of the file, each story's first index
@@ -127,30 +131,6 @@ def _parse(path: Path) -> tuple[list[str], list[int], list[int]]:
     if not starts:
         raise UserError(f"{path} holds no stories")
     return tokens, starts, questions
-
-
-def parse_babi_file(path: str | os.PathLike) -> list[list[str]]:
-    """Tokenize one bAbI file, one token list per story.
-
-    Lines are ``"<id> <text>"``, the id restarting at 1 with each story. Statements give
-    their lower-cased words with the final ``"."`` as a token of its own; questions
-    (``"<question>?\\t<answer>\\t<supporting ids>"``) give their words, ``"?"`` and the
-    answer as one token (``"apple,milk"`` stays whole); supporting ids are dropped.
-
-    Args:
-        path: a ``qa<N>_<name>_{train,test}.txt`` file.
-
-    Returns:
-        The stories in file order, each its list of tokens (without the ``<eos>`` that
-        :class:`Story` puts in front).
-
-    Raises:
-        UserError: a malformed line (no id, a question without an answer), naming the
-            file and line.
-    """
-    tokens, starts, _ = _parse(Path(path))
-    ends = [*starts[1:], len(tokens)]
-    return [tokens[s + 1 : e] for s, e in zip(starts, ends)]
 
 
 # ---------------------------------------------------------------------------- data
@@ -210,17 +190,6 @@ class BabiData:
         if name not in SPLITS:
             raise UserError(f"unknown bAbI split {name!r}; expected one of {', '.join(SPLITS)}")
         return getattr(self, name)
-
-    def num_questions(self, split: str) -> int:
-        """Number of questions (= answer positions in its streams) in a split."""
-        return sum(s.num_questions for s in self.split(split))
-
-    def questions_per_task(self, split: str) -> np.ndarray:
-        """``(21,)`` int64: entry ``t`` counts the questions of task ``t`` (entry 0 is 0)."""
-        out = np.zeros(NUM_TASKS + 1, dtype=np.int64)
-        for s in self.split(split):
-            out[s.task] += s.num_questions
-        return out
 
 
 def _task_files(folder: Path) -> dict[tuple[int, str], tuple[Path, str]]:

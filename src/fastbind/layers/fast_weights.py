@@ -196,11 +196,11 @@ class FastWeightMemory(nn.Module):
             step (see :func:`_scan_segment`; several times faster); ``step`` is the recurrence
             as written. Both give the same outputs and gradients up to rounding.
         chunk: steps per block of the ``segment`` form. The dense ``F`` is formed once per
-            block, the loop inside a block costs O(chunk) per step; 32 measured fastest
-            (benchmarks/bench_fwm.py).
+            block and the loop inside a block costs O(chunk) per step, so the best value
+            balances the two.
         compiled: run each block of the ``segment`` form through ``torch.compile``. The first
-            calls compile for minutes (once per block shape); afterwards a block runs about
-            1.7× faster on CPU (docs/RESULTS.md). Worth it for runs of hours, not for short ones.
+            calls compile for minutes (once per block shape), so it can only pay off in long
+            runs; what it gained is in docs/fast_weights.md.
 
     Shapes:
         ``forward(z (B, L, hidden), state (B, s, r, t) or None) -> FWMOutput``.

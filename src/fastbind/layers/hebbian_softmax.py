@@ -81,12 +81,12 @@ class HebbianSoftmax(nn.Module):
     Args:
         in_features: size ``d`` of the activations ``h``.
         num_classes: number of output classes ``V``.
-        gamma: minimum mixing rate γ ∈ [0, 1]. Default 0.05, the best of the paper's grid
-            {0.05, 0.1, 0.25} on Penn Treebank (docs/hebbian_softmax.md, "When does it help");
-            the paper used 0.25 on WikiText-103.
+        gamma: minimum mixing rate γ ∈ [0, 1]. Default 0.05, chosen on Penn Treebank
+            (docs/RESULTS.md, "The defaults chosen from these measurements"); the paper used
+            0.25 on WikiText-103.
         T: a class is memorized while its count before the batch is below ``T``; after that
-            its row learns by gradient descent only. Default 100 (best of {100, 500, 1000} on
-            Penn Treebank; the paper used 500 on WikiText-103). ``T=0`` disables memorization.
+            its row learns by gradient descent only. Default 100, chosen likewise; the paper
+            used 500 on WikiText-103. ``T=0`` disables memorization.
         bias: whether to add a bias (trained by gradient descent only).
         weight: an existing ``(num_classes, in_features)`` Parameter to use as the weight,
             e.g. an ``nn.Embedding`` weight for tied input/output embeddings.

@@ -52,9 +52,8 @@ Objective = Literal["l2", "ip", "svm", "smax"]
 class MbPAHeadSettings:
     """The ``mbpa`` head: softmax predictions mixed with MbPA over recent training features."""
 
-    # Defaults from a one-seed screen to 150 classes (docs/RESULTS.md): lr 1.0 passes levels
-    # fastest (2.1× softmax) but drops the accuracy over all classes far below softmax's;
-    # lr 0.1 with λ 1 is 1.55× faster and keeps it. K 10 vs 50 made little difference.
+    # Defaults from the MbPA head screen (docs/RESULTS.md, "MbPA head screen"): the
+    # larger step size passes levels faster but loses accuracy over all classes; this one keeps it.
     size: int = 1000  # training features kept (the most recent ones)
     k: int = 10  # neighbours per query
     steps: int = 1

@@ -17,7 +17,6 @@ import math
 import time
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from fastbind.data.stream import ChunkStream
@@ -29,7 +28,7 @@ from fastbind.runs import RunFolder
 from fastbind.training.buckets import BucketedNLL
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
 from fastbind.training.config import from_dict, parse_cli, to_dict
-from fastbind.training.distributed import init_distributed, replicas_identical, resolve_device
+from fastbind.training.distributed import barrier, cleanup, init_distributed, replicas_identical, resolve_device
 from fastbind.training.optim import build_optimizer, build_scheduler, clip_grad
 from fastbind.training.seed import seed_everything
 
@@ -178,9 +177,8 @@ def train(cfg: LMTrainConfig) -> dict:
         summary["replicas_identical"] = replicas_identical(model)
     run.write_summary(summary)
     log.close()
-    if info.is_distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+    barrier()  # every rank has finished its writes before the group goes
+    cleanup()
     return summary
 
 

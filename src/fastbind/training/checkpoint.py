@@ -16,15 +16,16 @@ A checkpoint is a dict of state_dicts plus context, in the nanoGPT style::
 Only tensors, Python scalars, strings, ``None``, lists/tuples and dicts (plus
 ``torch.Size``/``dtype``/``device``) may appear, because :func:`load_checkpoint` reads
 with ``torch.load(weights_only=True)``: opening a checkpoint never runs code, and a file
-holding pickled objects is refused. Saving checks this up front, so a module or a numpy
-array fails at save time with the offending key, not when resuming.
+holding pickled objects is refused (a damaged file is reported as damaged, not as refused).
+Saving checks this up front, so a module or a numpy array fails at save time with the
+offending key, not when resuming.
 
 Writes go to a temp file in the destination folder, are flushed and fsynced, then
 renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so a crash
 mid-save leaves the previous checkpoint intact.
 
-RNG states are captured per process; the checkpoint holds the primary rank's. Resuming a
-multi-rank run therefore restores rank 0's streams exactly and the others approximately.
+RNG states are captured per process. :func:`gather_rng_states` collects every rank's, so a
+multi-rank run resumed on the same number of ranks continues each rank's streams exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from __future__ import annotations
 import os
 import pathlib
 import pickle
+import pickletools
 import random
+import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -135,8 +139,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         The saved dict, including its ``"format"`` marker.
 
     Raises:
-        UserError: The file is missing, truncated or corrupt, holds pickled Python objects,
-            or is not a fastbind checkpoint.
+        UserError: The file is missing, damaged (truncated, overwritten) or not a fastbind
+            checkpoint, or holds pickled Python objects (refused, as loading them runs code).
     """
     p = pathlib.Path(path)
     if not p.exists():
@@ -144,29 +148,60 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if not p.is_file():
         raise UserError(f"checkpoint {str(p)!r} is not a file")
     if p.stat().st_size == 0:
-        raise UserError(f"checkpoint {str(p)!r} is empty (truncated or corrupt)")
+        raise UserError(f"checkpoint {str(p)!r} is damaged or not a fastbind checkpoint (empty file)")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc).lower()
-        if "weights only" in text or "weights_only" in text:
-            raise UserError(
-                f"checkpoint {str(p)!r} contains pickled Python objects, refused for safety (weights-only load)"
-            ) from None
-        raise UserError(f"checkpoint {str(p)!r} is corrupt: {_first_sentence(exc)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        # torch reports truncation as RuntimeError ("failed finding central directory"),
-        # EOFError or zip errors depending on where the file was cut.
-        raise UserError(f"checkpoint {str(p)!r} is truncated or corrupt: {_first_sentence(exc)}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+            AttributeError, TypeError) as exc:
+        raise _unreadable(p, exc) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{str(p)!r} is not a fastbind checkpoint (no {FORMAT!r} marker)")
+        raise UserError(f"checkpoint {str(p)!r} is not a fastbind checkpoint (no {FORMAT!r} marker)")
     return state
 
 
-def _first_sentence(exc: BaseException) -> str:
-    # torch's loader errors run to several sentences of advice; the first says what broke.
-    text = " ".join(str(exc).split())
-    return text.split(". ")[0].rstrip(".") or type(exc).__name__
+def _unreadable(path: pathlib.Path, exc: BaseException) -> UserError:
+    """Why ``torch.load`` failed, in one line: objects refused for safety, or a damaged file.
+
+    torch answers random bytes, a cut-off file and a pickle naming a class alike, with a
+    weights-only error. Only an intact archive (its pickle passes its CRC and parses to its
+    end) can be a real refusal; anything else is damaged or foreign.
+    """
+    where = repr(str(path))
+    if isinstance(exc, pickle.UnpicklingError) and _pickle_intact(path):
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({named[1]})" if named else ""
+        return UserError(f"checkpoint {where} holds pickled Python objects{what}, "
+                         "refused for safety (weights-only load)")
+    with open(path, "rb") as fh:
+        zip_start = fh.read(4) == b"PK\x03\x04"
+    if not zip_start:
+        why = "not a zip archive, as torch.save writes"
+    elif not _zip_end_found(path):
+        why = "cut short: the zip archive has no end record"
+    else:
+        why = "a zip archive that torch.load cannot read"
+    return UserError(f"checkpoint {where} is damaged or not a fastbind checkpoint ({why})")
+
+
+def _zip_end_found(path: pathlib.Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # an end record that is there but damaged
+        return False
+
+
+def _pickle_intact(path: pathlib.Path) -> bool:
+    """True when ``path`` is a torch.save zip whose one ``data.pkl`` reads back and parses whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+            if len(pickles) != 1:
+                return False
+            for _ in pickletools.genops(archive.read(pickles[0])):
+                pass
+    except Exception:  # any failure to read or parse means damage, which is what we ask
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -205,12 +240,7 @@ def gather_rng_states() -> list[dict[str, Any]]:
     Every rank must call it. A checkpoint keeps the list; on resume with the same number of
     ranks each rank restores its own entry, so a resumed run continues every random stream.
     """
-    states = rng_state()
-    if not distributed.is_distributed():
-        return [states]
-    out: list[Any] = [None] * distributed.get_world_size()
-    torch.distributed.all_gather_object(out, states)
-    return out
+    return distributed.all_gather_object(rng_state())
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:

@@ -1,8 +1,8 @@
-"""The one place that knows about ``torch.distributed``.
+"""What fastbind's training and evaluation ask of ``torch.distributed``, in one module.
 
-Everything else in fastbind asks this module "am I the primary rank?", "how many ranks
-are there?" or "average this across ranks", and gets the single-process answer when no
-process group is running, so recipes read the same with and without ``torchrun``.
+Recipes, evaluation and checkpoints ask here "am I the primary rank?", "how many ranks are
+there?" or "sum this across ranks", and get the single-process answer when no process group
+is running, so they read the same with and without ``torchrun``.
 
 Launching::
 
@@ -13,16 +13,13 @@ Launching::
 when CUDA is available, ``gloo`` on CPU) and returns a :class:`DistInfo`. Without those
 variables it is a no-op returning rank 0 of 1.
 
-Splitting data: the language-model stream is laid out as ``batch_size`` parallel rows
-(the classic batchify layout; row ``r`` is a contiguous slice of the corpus). With
-``world_size`` ranks, the *global* batch keeps ``batch_size`` rows and rank ``k`` takes the
-contiguous rows ``shard_stream(batch_size, k, world_size)``, i.e. rows
-``[k * batch_size // world_size, (k + 1) * batch_size // world_size)``. So 2 ranks with a
-global batch of 32 train on 16 rows each and see exactly the tokens one process would;
-gradients are averaged by DDP. ``batch_size`` must be divisible by ``world_size``.
+Splitting data: the global batch keeps ``batch_size`` rows and each rank takes an equal,
+contiguous block of them (:class:`fastbind.data.stream.ChunkStream`), so ranks together see
+exactly the tokens one process would; gradients are averaged by DDP.
 
 Anything that changes weights outside autograd (e.g. Hebbian ``memorize``) must apply the
-same update on every rank; see the layer's own docs.
+same update on every rank. The layers sit below this package, so they call
+``torch.distributed`` for that themselves; see the layer's own docs.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,6 +36,7 @@ from fastbind.errors import UserError
 
 __all__ = [
     "DistInfo",
+    "all_gather_object",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -49,7 +48,6 @@ __all__ = [
     "is_primary",
     "replicas_identical",
     "resolve_device",
-    "shard_stream",
 ]
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -175,9 +173,7 @@ def replicas_identical(model: torch.nn.Module) -> bool:
     h = hashlib.sha1()
     for t in list(model.state_dict().values()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    digests = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, h.hexdigest())
-    return len(set(digests)) == 1
+    return len(set(all_gather_object(h.hexdigest()))) == 1
 
 
 def get_rank() -> int:
@@ -199,6 +195,18 @@ def barrier() -> None:
     """Wait for all ranks; a no-op in a single process."""
     if is_distributed():
         dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in a single process).
+
+    Every rank must call it; for small things (digests, RNG states), not tensors.
+    """
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -230,34 +238,3 @@ def cleanup() -> None:
     """Destroy the process group if one is running (call once at the end of a recipe)."""
     if is_distributed():
         dist.destroy_process_group()
-
-
-def shard_stream(n_items: int, rank: int, world_size: int, *, allow_uneven: bool = False) -> slice:
-    """Contiguous share of ``n_items`` (e.g. the rows of a global batch) for one rank.
-
-    Like ``DistributedSampler`` without shuffling, but contiguous, so a rank's rows are
-    neighbours in the batchified stream. See the module docstring for the LM layout.
-
-    Args:
-        n_items: Items to split (the global batch size for an LM stream).
-        rank: This rank, ``0 <= rank < world_size``.
-        world_size: Number of ranks.
-        allow_uneven: If True, the first ``n_items % world_size`` ranks take one extra item
-            (for evaluation); otherwise ``n_items`` must divide evenly.
-
-    Returns:
-        ``slice(start, stop)`` into the items.
-
-    Raises:
-        UserError: ``n_items`` not divisible by ``world_size`` (unless ``allow_uneven``).
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"bad rank {rank} for world size {world_size}")
-    if n_items < 0:
-        raise ValueError(f"n_items must be >= 0, got {n_items}")
-    if n_items % world_size and not allow_uneven:
-        raise UserError(f"batch size {n_items} is not divisible by the world size {world_size}")
-    base, extra = divmod(n_items, world_size)
-    start = rank * base + min(rank, extra)
-    stop = start + base + (1 if rank < extra else 0)
-    return slice(start, stop)

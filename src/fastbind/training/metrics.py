@@ -17,7 +17,6 @@ writer does nothing. The file is appended to, so a resumed run continues the sam
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ import torch
 from fastbind.errors import UserError
 from fastbind.training import distributed
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "perplexity", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricsWriter", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -183,30 +182,3 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise UserError(f"{str(p)!r} line {i + 1} is not a JSON object")
         rows.append(row)
     return rows
-
-
-def perplexity(nll_sum: float | torch.Tensor, n_tokens: int | float | torch.Tensor) -> float:
-    """``exp(nll_sum / n_tokens)``, returning ``inf`` instead of overflowing.
-
-    Args:
-        nll_sum: Summed negative log-likelihood in nats.
-        n_tokens: Number of predicted tokens (> 0).
-
-    Returns:
-        The perplexity as a float (``inf`` when it exceeds the float range, ``nan`` when the
-        loss is nan).
-
-    Raises:
-        ValueError: ``n_tokens`` <= 0.
-    """
-    total = float(nll_sum)
-    count = float(n_tokens)
-    if not count > 0:
-        raise ValueError(f"perplexity needs n_tokens > 0, got {count}")
-    mean = total / count
-    if math.isnan(mean):
-        return math.nan
-    try:
-        return math.exp(mean)
-    except OverflowError:  # above ~709.78 nats per token the result exceeds a double
-        return math.inf

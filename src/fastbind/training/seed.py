@@ -1,20 +1,20 @@
-"""Seeding and determinism switches for reproducible runs.
+"""Seeding for reproducible runs.
 
 ``seed_everything(seed)`` seeds every generator a recipe may draw from; call it once at
-the start, before building the model, so that initialisation is reproducible. All ranks of
-a distributed run use the same seed so that their initial weights agree (DDP broadcasts
-rank 0's weights anyway); data order comes from the rank's shard, not from the RNG.
+the start, before building the model, so that initialisation is reproducible. lm-train seeds
+rank ``k`` of a distributed run with ``seed + k`` so that dropout masks differ between ranks;
+the initial weights still agree because DDP broadcasts rank 0's, and data order comes from
+the rank's rows of the batch, not from the RNG.
 """
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["deterministic", "seed_everything"]
+__all__ = ["seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -35,22 +35,3 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device (lazily if CUDA is not yet initialised)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def deterministic(enabled: bool = True, *, warn_only: bool = False) -> None:
-    """Switch torch's deterministic algorithms (and cuDNN's) on or off.
-
-    Deterministic kernels can be slower, and some operations have none: with
-    ``warn_only=False`` those raise a ``RuntimeError`` when called, with ``warn_only=True``
-    they warn. cuBLAS also needs ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts; it is set
-    here when missing, which only helps if no CUDA work has happened yet.
-
-    Args:
-        enabled: True for reproducible kernels, False to restore torch's defaults.
-        warn_only: Warn instead of raising on operations without a deterministic kernel.
-    """
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
