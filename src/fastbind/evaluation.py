@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from fastbind.data.stream import ChunkStream
 from fastbind.errors import UserError
 from fastbind.memory import MbPA, NeuralCache, mix_log_probs
-from fastbind.training.buckets import BucketedNLL
+from fastbind.buckets import BucketedNLL
 from fastbind.training.config import alias
 from fastbind.training.distributed import DistInfo
 

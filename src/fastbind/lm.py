@@ -27,7 +27,7 @@ from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.lstm_lm import LMConfig, LSTMLM
 from fastbind.runs import RunFolder
-from fastbind.training.buckets import DEFAULT_EDGES
+from fastbind.buckets import DEFAULT_EDGES
 from fastbind.training.config import alias, to_dict
 from fastbind.training.optim import OptimConfig
 

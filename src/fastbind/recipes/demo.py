@@ -39,7 +39,7 @@ from fastbind.recipes.lm_eval import LMEvalConfig, run_eval
 from fastbind.recipes.lm_sweep import SweepConfig, sweep
 from fastbind.recipes.lm_train import train
 from fastbind.recipes.report import build_report
-from fastbind.training.buckets import BucketedNLL
+from fastbind.buckets import BucketedNLL
 from fastbind.training.config import parse_cli, resolve_key
 
 

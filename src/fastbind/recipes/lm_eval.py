@@ -32,7 +32,7 @@ from fastbind.evaluation import (
 )
 from fastbind.lm import load_lm_run
 from fastbind.runs import RunFolder, eval_record
-from fastbind.training.buckets import BucketedNLL
+from fastbind.buckets import BucketedNLL
 from fastbind.training.config import parse_cli, to_dict
 
 

@@ -26,7 +26,7 @@ from fastbind.evaluation import evaluate
 from fastbind.lm import LMTrainConfig, build_model, load_data, resolve_auto
 from fastbind.models.lstm_lm import detach_state
 from fastbind.runs import RunFolder
-from fastbind.training.buckets import BucketedNLL
+from fastbind.buckets import BucketedNLL
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
 from fastbind.training.config import from_dict, parse_cli, to_dict
 from fastbind.training.distributed import init_distributed, replicas_identical, resolve_device
