@@ -1,4 +1,4 @@
-"""lm-eval with cache/MbPA variants and lm-sweep, on a tiny trained run."""
+"""Evaluation-time memories: lm-eval with cache/MbPA variants and lm-sweep, on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from test_lm_recipes import TINY  # noqa: E402  (tests/recipes is on sys.path un
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dyn") / "run"
+    out = tmp_path_factory.mktemp("memories") / "run"
     assert cli(["lm-train", f"out={out}", *TINY, "max_steps=12", "eval_every=6", "head=hebbian", "T=5"]) == 0
     return out
 
@@ -77,16 +77,16 @@ def test_sweep_picks_the_grid_minimum_and_applies_it_to_test(run, capsys):
     assert s["best_cache"]["ppl"] == min(r["ppl"] for r in s["grid"]["cache"])
     assert s["best_mixture"]["ppl"] == min(r["ppl"] for r in s["grid"]["mixture"])
     t = json.loads((run / "eval-test.json").read_text())
-    assert t["tuned_on"] == "valid" and t["variants"]["+cache"]["settings"]["size"] == s["best_cache"]["size"]
+    assert t["tuned_on"] == "valid" and t["variants"]["+cache"]["settings"]["cache"]["size"] == s["best_cache"]["cache"]["size"]
     assert t["variants"]["model"]["tokens"] == 300
     assert "+cache+MbPA" in capsys.readouterr().out
     assert (run / "sweep-valid.md").read_text().startswith("Sweep on valid")
     # MbPA (and so the mixture) at one of the cache sizes only; the cache grid is unchanged
     assert cli(args + ["mbpa_sizes=[200]", "tag=one", "apply_test=false"]) == 0
     one = json.loads((run / "sweep-valid-one.json").read_text())
-    assert [r["size"] for r in one["grid"]["mbpa"]] == [200] and {r["size"] for r in one["grid"]["mixture"]} == {200}
+    assert [r["mbpa"]["size"] for r in one["grid"]["mbpa"]] == [200] and {r["cache"]["size"] for r in one["grid"]["mixture"]} == {200}
     assert len(one["grid"]["mixture"]) == 4 and one["grid"]["cache"] == s["grid"]["cache"]
-    assert one["grid"]["mbpa"][0] == next(r for r in s["grid"]["mbpa"] if r["size"] == 200)
+    assert one["grid"]["mbpa"][0] == next(r for r in s["grid"]["mbpa"] if r["mbpa"]["size"] == 200)
 
 
 def test_lm_eval_mbpa_stride_scores_a_sample(run):
@@ -125,7 +125,7 @@ def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
     W, b = model.output_layer()
     lp_m = MbPA(size=200, k=8, steps=1, lr=0.3, l2=0.5, eps=1e-3).log_prob(H, Y, W.detach(), b.detach())
     p, pm = LP.double().exp()[::4], lp_m.double().exp()[::4]
-    row = next(r for r in s["grid"]["mbpa"] if r["lambda"] == 0.1)
+    row = next(r for r in s["grid"]["mbpa"] if r["mbpa"]["lambda"] == 0.1)
     assert math.isclose(row["ppl"], math.exp(-(0.9 * p + 0.1 * pm).log().mean().item()), rel_tol=1e-4)
     assert math.isclose(s["model_ppl_mbpa_tokens"], math.exp(-p.log().mean().item()), rel_tol=1e-4)
     assert "every 4th target" in (run / "sweep-valid-strided.md").read_text()
