@@ -210,8 +210,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
         lp_c = cache_log_probs(H, Y, cache, cfg.memory_chunk, cfg.progress) if cache else None
         W, b = model.output_layer() if mbpa else (None, None)
         lp_m = mbpa_log_probs(H, Y, W, b, mbpa, mbpa.size, cfg.memory_chunk, cfg.progress) if mbpa else None
-        variants = bucket_results(variant_log_probs(LP, lp_c, lp_m, cfg.cache.lam, cfg.mbpa.lam), Y,
-                                  corpus.train_counts, edges)
+        lps = variant_log_probs(LP, cache=(cache.lam, lp_c) if cache else None,
+                                mbpa=(mbpa.lam, lp_m) if mbpa else None)
+        variants = bucket_results(lps, Y, corpus.train_counts, edges)
         settings = {"+cache": variant_settings(cache=cache), "+mbpa": variant_settings(mbpa=mbpa),
                     "+cache+mbpa": variant_settings(cache, mbpa)}
     else:

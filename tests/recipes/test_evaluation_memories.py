@@ -17,6 +17,10 @@ from fastbind.runs import RunFolder
 from test_lm_recipes import TINY  # noqa: E402  (tests/recipes is on sys.path under pytest's rootdir-less import)
 
 
+CACHE_KEYS = {"size", "theta", "lambda"}
+MBPA_KEYS = {"size", "k", "steps", "lr", "l2", "eps", "lambda", "stride"}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("memories") / "run"
@@ -169,7 +173,16 @@ def test_lm_eval_and_lm_sweep_write_one_eval_layout(run):
         for name, v in rec["variants"].items():
             assert set(v) == {"ppl", "nll", "tokens", "buckets", "settings"}, (kind, name)
             assert (v["settings"] is None) == name.startswith("model"), (kind, name)
+            memories = {"+cache": {"cache"}, "+mbpa": {"mbpa"}, "+cache+mbpa": {"cache", "mbpa"}}
+            if v["settings"] is not None:  # one layout of the settings, whoever wrote them
+                assert set(v["settings"]) == memories[name.split("@")[0]], (kind, name)
+                assert set(v["settings"].get("cache", CACHE_KEYS)) == CACHE_KEYS, (kind, name)
+                assert set(v["settings"].get("mbpa", MBPA_KEYS)) == MBPA_KEYS, (kind, name)
         variants[kind] = list(rec["variants"])
+    grid = json.loads((run / "sweep-valid-layout.json").read_text())["grid"]
+    for row in grid["cache"] + grid["mbpa"] + grid["mixture"]:  # the sweep's rows: the same layout, ppl beside
+        assert set(row) - {"ppl"} <= {"cache", "mbpa"} and isinstance(row["ppl"], float)
+        assert set(row.get("cache", CACHE_KEYS)) == CACHE_KEYS and set(row.get("mbpa", MBPA_KEYS)) == MBPA_KEYS
     assert variants == {"plain": ["model"],
                         "memories": ["model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"],
                         "sweep": ["model", "+cache", "+mbpa", "+cache+mbpa"]}
@@ -190,3 +203,16 @@ def test_fwm_run_evaluates_with_cache_and_mbpa(tmp_path):
     assert cli([*common, "bptt=13"]) == 0
     plain = json.loads((run / "eval-test.json").read_text())
     assert math.isclose(plain["ppl"], r["variants"]["model"]["ppl"], rel_tol=1e-5)
+
+
+def test_lm_eval_with_a_sweeps_recorded_settings_gives_its_numbers(run):
+    """The settings a record holds are the keys lm-eval takes: evaluating them again gives the
+    sweep's test numbers exactly (one layout, one mixer)."""
+    assert cli(["lm-sweep", str(run), "progress=false", "max_tokens=300", "test_max_tokens=300", "thetas=[0.3,0.5]",
+                "cache_lambdas=[0.1,0.2]", "sizes=[100]", "mbpa_lambdas=[0.05,0.1]", "ks=[8]", "steps=[1]",
+                "tag=again"]) == 0
+    swept = json.loads((run / "eval-test-again.json").read_text())["variants"]["+cache+mbpa"]
+    keys = [f"{memory}.{k}={v}" for memory, section in swept["settings"].items() for k, v in section.items()]
+    assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300", *keys]) == 0
+    again = json.loads((run / "eval-test.json").read_text())["variants"]["+cache+mbpa"]
+    assert again == swept

@@ -322,19 +322,18 @@ def mix_variant(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = Non
     return mix_log_probs(lp, *pairs)
 
 
-def variant_log_probs(lp: torch.Tensor, lp_cache: torch.Tensor | None, lp_mbpa: torch.Tensor | None,
-                      lam_cache: float, lam_mbpa: float) -> dict[str, torch.Tensor]:
-    """The model alone and mixed with each memory and both, as log-probabilities of the targets."""
+def variant_log_probs(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = None,
+                      mbpa: tuple[float, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model alone and mixed (:func:`mix_variant`) with each memory given as ``(λ, log-probs)``
+    and with both, as log-probabilities of the targets."""
     out = {"model": lp}
-    cache = (lam_cache, lp_cache) if lp_cache is not None else None
-    mbpa = (lam_mbpa, lp_mbpa) if lp_mbpa is not None else None
     if cache is not None:
         out["+cache"] = mix_variant(lp, cache=cache)
     if mbpa is not None:
         out["+mbpa"] = mix_variant(lp, mbpa=mbpa)
     if cache is not None and mbpa is not None:
         out["+cache+mbpa"] = mix_variant(lp, cache=cache, mbpa=mbpa)
-    return with_sample_variants(out, lp_mbpa)
+    return with_sample_variants(out, mbpa[1] if mbpa is not None else None)
 
 
 def with_sample_variants(lps: dict[str, torch.Tensor], lp_mbpa: torch.Tensor | None) -> dict[str, torch.Tensor]:
