@@ -81,14 +81,16 @@ def test_sweep_picks_the_grid_minimum_and_applies_it_to_test(run, capsys):
     assert s["best_cache"]["ppl"] == min(r["ppl"] for r in s["grid"]["cache"])
     assert s["best_mixture"]["ppl"] == min(r["ppl"] for r in s["grid"]["mixture"])
     t = json.loads((run / "eval-test.json").read_text())
-    assert t["tuned_on"] == "valid" and t["variants"]["+cache"]["settings"]["cache"]["size"] == s["best_cache"]["cache"]["size"]
+    assert t["tuned_on"] == "valid"
+    assert t["variants"]["+cache"]["settings"]["cache"]["size"] == s["best_cache"]["cache"]["size"]
     assert t["variants"]["model"]["tokens"] == 300
     assert "+cache+MbPA" in capsys.readouterr().out
     assert (run / "sweep-valid.md").read_text().startswith("Sweep on valid")
     # MbPA (and so the mixture) at one of the cache sizes only; the cache grid is unchanged
     assert cli(args + ["mbpa_sizes=[200]", "tag=one", "apply_test=false"]) == 0
     one = json.loads((run / "sweep-valid-one.json").read_text())
-    assert [r["mbpa"]["size"] for r in one["grid"]["mbpa"]] == [200] and {r["cache"]["size"] for r in one["grid"]["mixture"]} == {200}
+    assert [r["mbpa"]["size"] for r in one["grid"]["mbpa"]] == [200]
+    assert {r["cache"]["size"] for r in one["grid"]["mixture"]} == {200}
     assert len(one["grid"]["mixture"]) == 4 and one["grid"]["cache"] == s["grid"]["cache"]
     assert one["grid"]["mbpa"][0] == next(r for r in s["grid"]["mbpa"] if r["mbpa"]["size"] == 200)
 
