@@ -34,7 +34,6 @@ mixture with an MbPA memory's adapted prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch
