@@ -2,7 +2,7 @@
 
 Three variants train the same model shape on the same data for the same number of steps:
 
-* ``fastbind_softmax``: :func:`fastbind.recipes.lm_train.train` with a softmax head;
+* ``fastbind_softmax``: :func:`fastbind.lm.train` with a softmax head;
 * ``fastbind_hebbian``: the same recipe with ``head=hebbian`` (memorize after every step);
 * ``plain``: the simplest correct PyTorch loop, written below from scratch in the style of
   pytorch/examples ``word_language_model`` (embedding → dropout → LSTM → dropout → Linear
@@ -55,9 +55,8 @@ from torch import nn
 
 from fastbind.data import load_corpus
 from fastbind.data.synthetic import SyntheticConfig
-from fastbind.lm import LMTrainConfig
+from fastbind.lm import LMTrainConfig, train
 from fastbind.models.lstm_lm import LMConfig
-from fastbind.recipes.lm_train import train
 from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 

@@ -58,7 +58,7 @@ def test_cache_variants_leave_the_empty_cache_out_at_the_first_target():
     lp_cache = cache_log_probs(H, Y, CacheSettings(size=100, theta=0.3))
     lp_mbpa = torch.log_softmax(torch.randn(12, 4), -1).gather(1, Y[:, None]).squeeze(1)
     assert lp_cache[0] == float("-inf")  # the cache itself still says "nothing stored"
-    out = variant_log_probs(lp, lp_cache, lp_mbpa, 0.2, 0.1)
+    out = variant_log_probs(lp, cache=(0.2, lp_cache), mbpa=(0.1, lp_mbpa))
     torch.testing.assert_close(out["+cache"][0], lp[0])
     torch.testing.assert_close(out["+cache+mbpa"][0], torch.log((0.7 * lp[0].exp() + 0.1 * lp_mbpa[0].exp()) / 0.8))
     torch.testing.assert_close(out["+cache"][1:], mix_log_probs(lp[1:], (0.2, lp_cache[1:])))

@@ -223,3 +223,27 @@ def test_atomically_written_files_get_the_umask_mode(tmp_path: Path, umask: int)
     assert [p.name for p in files] == ["config.json", "last.pt", "vocab.txt", "eval-test.json", "summary.json"]
     for path in files:
         assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~umask), path.name
+
+
+def test_read_eval_of_earlier_settings_layouts(tmp_path: Path) -> None:
+    # lm-eval wrote each memory's fields with ``lam``; lm-sweep its flat best rows with their ppl.
+    cache = {"size": 200, "theta": 0.5, "lambda": 0.2}
+    mbpa = {"size": 300, "k": 16, "steps": 1, "lr": 0.3, "l2": 0.5, "eps": 1e-3, "lambda": 0.1, "stride": 1}
+    lam = lambda d: {("lam" if k == "lambda" else k): v for k, v in d.items()}  # noqa: E731
+    lm_eval = {"+cache": {"cache": lam(cache)}, "+cache+mbpa": {"cache": lam(cache), "mbpa": lam(mbpa)}}
+    sweep = {"+cache": {"size": 200, "theta": 0.5, "lambda": 0.2, "ppl": 9.0},
+             "+mbpa": {"size": 300, "k": 16, "steps": 1, "lambda": 0.1, "ppl": 8.0},
+             "+cache+mbpa": {"size": 200, "theta": 0.5, "cache_lambda": 0.2, "k": 16, "steps": 1,
+                             "mbpa_lambda": 0.1, "ppl": 7.0}}
+    for split, settings in (("test", lm_eval), ("valid", sweep)):
+        names = ["model", *settings]
+        rec = eval_record({n: _result(100.0) for n in names}, variant_settings=settings, split=split)
+        (tmp_path / f"eval-{split}.json").write_text(json.dumps(rec))
+    test, valid = RunFolder(tmp_path).read_eval("test"), RunFolder(tmp_path).read_eval("valid")
+    assert test["variants"]["+cache"]["settings"] == {"cache": cache}
+    assert test["variants"]["+cache+mbpa"]["settings"] == {"cache": cache, "mbpa": mbpa}
+    short = {k: mbpa[k] for k in ("size", "k", "steps", "lambda")}
+    assert valid["variants"]["+cache"]["settings"] == {"cache": cache}
+    assert valid["variants"]["+mbpa"]["settings"] == {"mbpa": short}
+    assert valid["variants"]["+cache+mbpa"]["settings"] == {"cache": cache, "mbpa": {**short, "size": 200}}
+    assert test["variants"]["model"]["settings"] is None

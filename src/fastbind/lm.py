@@ -1,37 +1,51 @@
-"""The language-model task: its settings, data, model, and a trained run loaded back.
+"""The language-model task: its settings, data, model, training, and a trained run evaluated.
 
-``lm-train`` builds a run from these pieces; ``lm-eval``, ``lm-sweep`` and ``demo`` rebuild a
-trained run's model and data from its folder with :func:`load_lm_run`, without importing the
-training recipe::
+The recipes ``lm-train``, ``lm-eval``, ``lm-sweep`` and ``demo`` are command lines over these
+functions (a recipe imports no other recipe)::
 
     cfg = LMTrainConfig(data="ptb", model=LMConfig(head="hebbian"))
     corpus = load_data(cfg)                       # train/valid/test ids, vocabulary, counts
     model = build_model(cfg, len(corpus.vocab))
-    ...
+    train(cfg)                                    # a run folder at cfg.out
     run = load_lm_run("runs/ptb-hebb", "best")    # (cfg, model, corpus, checkpoint)
+    evaluate_run("runs/ptb-hebb", LMEvalConfig(cache=CacheSettings(lam=0.1)))   # eval-test.json
+    sweep_run("runs/ptb-hebb", SweepConfig())     # sweep-valid.json, then eval-test.json
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
+from fastbind.buckets import DEFAULT_EDGES, BucketedNLL
 from fastbind.data import Corpus, load_corpus
+from fastbind.data.stream import ChunkStream
 from fastbind.data.synthetic import SyntheticConfig
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
+from fastbind.evaluation import (
+    CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, evaluate, mbpa_log_probs,
+    variant_log_probs, variant_settings,
+)
+from fastbind.evaluation.sweep import SweepConfig, apply_best, grid_search, sweep_markdown
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
-from fastbind.models.lstm_lm import LMConfig, LSTMLM
-from fastbind.runs import RunFolder
-from fastbind.training.buckets import DEFAULT_EDGES
-from fastbind.training.config import alias, to_dict
-from fastbind.training.optim import OptimConfig
+from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
+from fastbind.runs import RunFolder, eval_record
+from fastbind.training.checkpoint import gather_rng_states, set_rng_state
+from fastbind.training.config import alias, from_dict, to_dict
+from fastbind.training.distributed import barrier, cleanup, init_distributed, replicas_identical, resolve_device
+from fastbind.training.optim import OptimConfig, build_optimizer, build_scheduler, clip_grad
+from fastbind.training.seed import seed_everything
 
-__all__ = ["LMRun", "LMTrainConfig", "build_model", "load_data", "load_lm_run", "resolve_auto"]
+__all__ = ["LMEvalConfig", "LMRun", "LMTrainConfig", "apply_to_split", "build_model", "evaluate_run", "load_data",
+           "load_lm_run", "resolve_auto", "sweep_run", "train"]
 
 
 @dataclass
@@ -142,3 +156,266 @@ def load_lm_run(run: RunFolder | str | os.PathLike[str], which: str = "best", de
     except (RuntimeError, KeyError) as e:
         raise UserError(f"{ck_path} does not match the run's model settings ({str(e).splitlines()[0]})") from None
     return LMRun(cfg, model.to(device), corpus, ck)
+
+
+@dataclass
+class LMEvalConfig:
+    """Settings of ``fastbind lm-eval`` (the run folder is the positional argument)."""
+
+    split: Literal["valid", "test", "train"] = "test"
+    checkpoint: Literal["best", "last"] = "best"
+    batch_size: int = 1  # contiguous rows; 1 = the whole split as one stream
+    bptt: int = 100  # chunk length (state is carried, so it only trades memory for speed)
+    buckets: tuple[int, ...] | None = None  # bucket edges; None = the run's
+    max_tokens: int = 0  # evaluate only the first N tokens (0 = all)
+    device: str = "cpu"
+    data_dir: str | None = None  # override the run's data cache folder
+    progress: bool = True
+    memory_chunk: int = 256  # queries per memory call (results do not depend on it)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    mbpa: MbPASettings = field(default_factory=MbPASettings)
+
+    def __post_init__(self) -> None:  # bad settings fail before the run is loaded
+        for name in ("batch_size", "bptt", "memory_chunk"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens < 0:
+            raise BadSetting("max_tokens", f"must be >= 0 (0 = all), got {self.max_tokens}")
+        if self.buckets is not None and (not self.buckets or list(self.buckets) != sorted(set(self.buckets))
+                                         or self.buckets[0] < 1):
+            raise BadSetting("buckets", f"must be strictly increasing counts >= 1, got {list(self.buckets)}")
+        if self.cache.lam + self.mbpa.lam >= 1:
+            raise BadSetting("mbpa", f"cache.lambda + mbpa.lambda must be < 1 (the model keeps the rest), got "
+                                     f"{self.cache.lam} + {self.mbpa.lam}")
+        if (self.cache.lam > 0 or self.mbpa.lam > 0) and self.batch_size != 1:
+            raise BadSetting("batch_size", "the cache and MbPA read the split as one stream: use batch_size=1")
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
+    """Evaluate a run on ``cfg.split``, with the memories ``cfg`` switches on; writes and returns
+    its :func:`~fastbind.runs.eval_record` (plus ``path``)."""
+    run = RunFolder(run_dir)
+    train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, cfg.device, cfg.data_dir)
+    edges = tuple(cfg.buckets) if cfg.buckets is not None else tuple(train_cfg.buckets)
+    tokens = getattr(corpus, cfg.split)
+    cache = cfg.cache if cfg.cache.lam > 0 else None
+    mbpa = replace(cfg.mbpa, size=cfg.mbpa.size or cfg.cache.size) if cfg.mbpa.lam > 0 else None
+    context = {}
+    if mbpa is not None and model.is_adaptive:
+        raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
+    if cache is not None or mbpa is not None:
+        H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=torch.device(cfg.device),
+                                  max_tokens=cfg.max_tokens, progress=cfg.progress)
+        lp_c = cache_log_probs(H, Y, cache, cfg.memory_chunk, cfg.progress) if cache else None
+        W, b = model.output_layer() if mbpa else (None, None)
+        lp_m = mbpa_log_probs(H, Y, W, b, mbpa, mbpa.size, cfg.memory_chunk, cfg.progress) if mbpa else None
+        lps = variant_log_probs(LP, cache=(cache.lam, lp_c) if cache else None,
+                                mbpa=(mbpa.lam, lp_m) if mbpa else None)
+        variants = bucket_results(lps, Y, corpus.train_counts, edges)
+        settings = {"+cache": variant_settings(cache=cache), "+mbpa": variant_settings(mbpa=mbpa),
+                    "+cache+mbpa": variant_settings(cache, mbpa)}
+    else:
+        acc = BucketedNLL.from_counts(corpus.train_counts, edges)
+        variants = {"model": evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc,
+                                      device=torch.device(cfg.device), max_tokens=cfg.max_tokens,
+                                      progress=cfg.progress)}
+        settings = {}
+    context.update({"split": cfg.split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]),
+                    "edges": list(edges), "head": train_cfg.model.head, "data": train_cfg.data})
+    if corpus.entropy and cfg.split in corpus.entropy and not cfg.max_tokens:
+        context["generator_entropy_nats"] = corpus.entropy[cfg.split]
+    result = eval_record(variants, variant_settings=settings, **context)
+    result["path"] = str(run.write_eval(result))
+    return result
+
+
+def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
+    """Grid-search the memories on ``cfg.split`` (:func:`~fastbind.evaluation.sweep.grid_search`);
+    writes ``sweep-<split>[-<tag>].json``/``.md`` and, with ``apply_test``, the test evaluation
+    (under ``"test"``, see :func:`apply_to_split`); returns the sweep result."""
+    run = RunFolder(run_dir)
+    lm = load_lm_run(run, cfg.checkpoint, cfg.device)
+    _, model, corpus, ck = lm
+    if cfg.mbpa and model.is_adaptive:
+        raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive: sweep the cache "
+                        "alone with mbpa=false")
+    H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
+                              max_tokens=cfg.max_tokens, progress=cfg.progress)
+    W, b = model.output_layer() if cfg.mbpa else (None, None)
+    result = {"split": cfg.split, "step": int(ck["step"]), **grid_search(H, Y, LP, W, b, cfg)}
+    name = f"sweep-{cfg.split}-{cfg.tag}" if cfg.tag else f"sweep-{cfg.split}"
+    run.write_result(name, result)
+    md = sweep_markdown(result)
+    run.write_text(f"{name}.md", md)
+    result["markdown"] = md
+    if cfg.apply_test:
+        result["test"] = apply_to_split(run, lm, result, cfg, "test")
+    return result
+
+
+def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
+    """Evaluate each variant with its own best settings of a sweep ``result`` on ``split``;
+    writes ``eval-<split>[-<tag>].json`` (the settings' ``tuned_on`` split in its context).
+
+    ``lm`` is the run as the sweep loaded it (model, corpus and checkpoint are not read again).
+    """
+    train_cfg, model, corpus, ck = lm
+    H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=torch.device(cfg.device),
+                              max_tokens=cfg.test_max_tokens, progress=cfg.progress)
+    W, b = model.output_layer() if cfg.mbpa else (None, None)
+    lps, settings = apply_best(H, Y, LP, W, b, result, cfg)
+    results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
+    out = eval_record(results, variant_settings=settings, split=split, checkpoint=cfg.checkpoint,
+                      step=int(ck["step"]), edges=list(train_cfg.buckets), head=train_cfg.model.head,
+                      data=train_cfg.data, tuned_on=cfg.split, mbpa_stride=cfg.test_mbpa_stride)
+    out["path"] = str(run.write_eval(out, tag=cfg.tag))
+    return out
+
+
+def train(cfg: LMTrainConfig) -> dict:
+    """Run (or resume) training; returns the summary written to ``out/summary.json``."""
+    info = init_distributed()
+    device = resolve_device(cfg.device, info)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = RunFolder(cfg.out)  # writes on the primary rank only
+    out = run.path
+
+    ck, last_path = run.load_checkpoint("last") if run.has_checkpoint("last") else (None, None)
+    seed_everything(cfg.seed + info.rank)
+    corpus = load_data(cfg)
+    cfg = resolve_auto(cfg, corpus)  # gamma=auto / T=auto become numbers before they are compared or saved
+    # ---- resume check before anything is written
+    if ck is not None:
+        saved = from_dict(LMTrainConfig, ck["config"])
+        for name in ("model", "data", "batch_size", "bptt", "carry_state", "seed"):
+            if to_dict(saved).get(name) != to_dict(cfg).get(name):
+                raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
+                                f"use another out= or the same settings to resume")
+    V = len(corpus.vocab)
+    digest = corpus.vocab.check_checkpoint(ck, last_path, cfg.data)
+    model = build_model(cfg, V).to(device)
+    opt = build_optimizer(model.parameters(), cfg.optim)
+    sched = build_scheduler(opt, cfg.optim, cfg.max_steps)
+    step, best, train_state, since_best = 0, math.inf, None, 0
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step, best = int(ck["step"]), float(ck["best_val_ppl"])
+        since_best = int(ck.get("evals_since_best", 0))
+        rngs = ck["rng"]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank])
+        if ck.get("train_state") is not None:
+            train_state = tuple(t.to(device) for t in ck["train_state"])
+    ddp_model = model
+    if info.is_distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    stream = ChunkStream(corpus.train, cfg.batch_size, cfg.bptt, info.rank, info.world_size)
+    run.save_config(cfg)
+    if run.writer:
+        corpus.vocab.save(out / "vocab.txt")
+    log = run.metrics_writer(cfg.tensorboard)
+
+    def checkpoint(name: str) -> None:
+        rngs = gather_rng_states()
+        state = {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "config": to_dict(cfg), "step": step, "best_val_ppl": best, "evals_since_best": since_best, "rng": rngs,
+            "vocab_digest": digest, "vocab_size": V, "data_position": step % len(stream),
+            "train_state": list(train_state) if train_state is not None else None,
+        }
+        run.save_checkpoint(name, state)
+
+    def validate() -> dict:
+        """Validate, log it, and keep best.pt when it improves."""
+        nonlocal best, since_best
+        acc = BucketedNLL.from_counts(corpus.train_counts, cfg.buckets)
+        val = evaluate(model, corpus.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, acc=acc,
+                       device=device, max_tokens=cfg.eval_max_tokens, info=info)
+        log.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step,
+                       # per training-frequency bucket, for curves of each bucket over training
+                       "val/bucket_ppl": {b["name"]: b["ppl"] for b in val["buckets"]},
+                       "val/bucket_tokens": {b["name"]: b["tokens"] for b in val["buckets"]}})
+        if info.is_primary and cfg.progress:
+            bar.write(f"step {step}: validation perplexity {val['ppl']:.2f}")
+        if val["ppl"] < best:
+            best, since_best = val["ppl"], 0
+            checkpoint("best")
+        else:
+            since_best += 1
+        return val
+
+    start_step, t0 = step, time.perf_counter()
+    tokens_per_step = cfg.batch_size * cfg.bptt
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {model.cfg.head}", dynamic_ncols=True,
+               disable=not (info.is_primary and cfg.progress))
+    loss_sum, loss_n, t_log, val = 0.0, 0, time.perf_counter(), None
+    stopped_early = False
+
+    def converged() -> bool:
+        return bool(cfg.patience) and since_best >= cfg.patience
+
+    while step < cfg.max_steps and not converged():
+        model.train()
+        x, y = (t.to(device) for t in stream.chunk(step))
+        res = ddp_model(x, train_state if cfg.carry_state else None, targets=y)
+        loss = res.nll.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad(model.parameters(), cfg.optim)
+        opt.step()
+        sched.step()
+        model.memorize(res.hidden.detach(), y, count_only=step < cfg.memorize_after)
+        if cfg.carry_state:
+            train_state = detach_state(res.state)
+        step += 1
+        loss_sum += float(loss.detach())
+        loss_n += 1
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            mean = loss_sum / loss_n
+            tps = loss_n * tokens_per_step / max(now - t_log, 1e-9)
+            log.log(step, {"train/loss": mean, "train/ppl": math.exp(min(mean, 50)),
+                           "train/tokens_per_s": tps, "lr": sched.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", tok_s=f"{tps:,.0f}")
+            loss_sum, loss_n, t_log = 0.0, 0, now
+        bar.update(1)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            val = validate()
+            checkpoint("last")
+            if converged():
+                if info.is_primary and cfg.progress:
+                    bar.write(f"step {step}: no improvement in {cfg.patience} validations, stopping")
+                break
+        out_of_time = cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes
+        if step == cfg.max_steps and not cfg.eval_every:
+            checkpoint("last")
+        if step < cfg.max_steps and ((cfg.stop_after and step - start_step >= cfg.stop_after) or out_of_time):
+            if out_of_time and cfg.eval_every and step % cfg.eval_every:
+                # A time-budgeted run ends with a validation, so best.pt reflects its last step.
+                val = validate()
+            checkpoint("last")
+            stopped_early = True
+            break
+    bar.close()
+    if step == start_step and ck is not None and info.is_primary and cfg.progress:
+        print(f"{out}: already trained for {step} steps (max_steps={cfg.max_steps}"
+              + (f", stopped after {cfg.patience} validations without improvement)" if converged() else ")"))
+    summary = {
+        "step": step, "max_steps": cfg.max_steps,
+        "finished": (step >= cfg.max_steps or converged()) and not stopped_early, "converged": converged(),
+        "best_val_ppl": best, "last_val_ppl": val["ppl"] if val else None,
+        "train_tokens": step * tokens_per_step, "seconds_this_run": time.perf_counter() - t0,
+        "world_size": info.world_size, "head": model.cfg.head, "data": cfg.data, "vocab_size": V,
+    }
+    if info.is_distributed:
+        summary["replicas_identical"] = replicas_identical(model)
+    run.write_summary(summary)
+    log.close()
+    barrier()  # every rank has finished its writes before the group goes
+    cleanup()
+    return summary

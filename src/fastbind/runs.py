@@ -46,7 +46,7 @@ from fastbind.training.config import from_dict, to_dict
 from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
 
 __all__ = ["BASE_VARIANT", "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "eval_name", "eval_record",
-           "metrics_by_step"]
+           "metrics_by_step", "variant_settings_layout"]
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -191,7 +191,9 @@ class RunFolder:
         """``eval-<split>[-<tag>].json`` in the layout of :func:`eval_record`, or None when absent.
 
         Files written before that layout (the model's numbers alone, no ``"variants"``) are
-        read as a record whose only variant is the model.
+        read as a record whose only variant is the model, and a variant's ``settings`` in an
+        earlier layout (``lam`` for ``lambda``; the sweep's flat best rows) in today's
+        (:func:`variant_settings_layout`).
         """
         record = self.read_result(eval_name(split, tag))
         if record is None:
@@ -201,7 +203,7 @@ class RunFolder:
         base = variants.pop(BASE_VARIANT, None) or {k: record[k] for k in _RESULT_KEYS if k in record}
         record["variants"] = {BASE_VARIANT: base, **variants}
         for v in record["variants"].values():
-            v.setdefault("settings", None)
+            v["settings"] = variant_settings_layout(v.get("settings"))
         return record
 
     def write_text(self, name: str, text: str) -> Path | None:
@@ -255,6 +257,29 @@ def eval_name(split: str, tag: str = "") -> str:
     return f"eval-{split}-{tag}" if tag else f"eval-{split}"
 
 
+def variant_settings_layout(settings: Any) -> Any:
+    """A variant's settings in the one layout, ``{"cache": {"size", "theta", "lambda"}, "mbpa":
+    {"size", "k", "steps", ..., "lambda"}}``, from either earlier one: lm-eval's sections with
+    ``lam`` for ``lambda``, or lm-sweep's flat best rows (``size``/``theta``/``lambda``,
+    ``size``/``k``/``steps``/``lambda``, or ``cache_lambda`` and ``mbpa_lambda`` for both, with
+    their ``ppl``, which is dropped). Anything else comes back as it is."""
+    if not isinstance(settings, dict):
+        return settings
+    if "cache" in settings or "mbpa" in settings:
+        return {name: ({("lambda" if k == "lam" else k): v for k, v in sec.items()} if isinstance(sec, dict) else sec)
+                for name, sec in settings.items()}
+    if "size" not in settings:
+        return settings
+    out = {}
+    if "theta" in settings:
+        out["cache"] = {"size": settings["size"], "theta": settings["theta"],
+                        "lambda": settings.get("cache_lambda", settings.get("lambda"))}
+    if "k" in settings:
+        out["mbpa"] = {"size": settings["size"], "k": settings["k"], "steps": settings.get("steps"),
+                       "lambda": settings.get("mbpa_lambda", settings.get("lambda"))}
+    return out or settings
+
+
 def eval_record(variants: dict[str, dict[str, Any]], *, variant_settings: dict[str, Any] | None = None,
                 **context: Any) -> dict[str, Any]:
     """The one layout of ``eval-<split>.json`` (written by ``lm-eval``, ``lm-sweep``; read by ``report``)::
@@ -262,15 +287,16 @@ def eval_record(variants: dict[str, dict[str, Any]], *, variant_settings: dict[s
         {"ppl": 124.5, "nll": 4.82, "tokens": 82430,            the model's own numbers
          "buckets": [{"name": ">10K", "tokens": 51234, "ppl": 40.1}, ...],
          "variants": {"model": {"ppl", "nll", "tokens", "buckets", "settings": null},
-                      "+cache": {..., "settings": {...}}, ...},
+                      "+cache": {..., "settings": {"cache": {"size", "theta", "lambda"}}}, ...},
          "split": "test", "checkpoint": "best", "step": 9000, ...}     context
 
     Args:
         variants: Variant name -> bucketed result (``{"ppl", "nll", "tokens", "buckets"}``),
             :data:`BASE_VARIANT` (``"model"``) among them; it comes first, the others in
             the order given.
-        variant_settings: Variant name -> the settings that made it (None for none); a
-            variant ``name@...`` (the same restricted to a sample) takes ``name``'s.
+        variant_settings: Variant name -> the settings that made it (None for none), as
+            :func:`fastbind.evaluation.variant_settings` lays them out; a variant
+            ``name@...`` (the same restricted to a sample) takes ``name``'s.
         **context: What was evaluated and how; ``split`` is required (it names the file).
 
     Returns:

@@ -151,8 +151,8 @@ def test_demo_dry_run(tmp_path, capsys):
         assert f"| {row} |" in text, row
     assert "nats/token above the generator's entropy" in text and "Hebbian Softmax vs softmax, model alone" in text
     variants = json.loads((out / "hebbian" / "eval-test.json").read_text())["variants"]
-    assert variants["+cache"]["settings"]["size"] in (1000, 3000)
-    assert variants["+mbpa"]["settings"]["k"] == 64 and variants["+mbpa"]["settings"]["size"] == 3000
+    assert variants["+cache"]["settings"]["cache"]["size"] in (1000, 3000)
+    assert variants["+mbpa"]["settings"]["mbpa"]["k"] == 64 and variants["+mbpa"]["settings"]["mbpa"]["size"] == 3000
     # the two heads trained side by side give what they give one after the other
     seq = tmp_path / "seq"
     assert cli(["demo", f"out={seq}", "max_steps=6", "eval_every=3", "parallel=false", *TINY]) == 0

@@ -29,7 +29,7 @@ import numpy as np
 
 from fastbind.data.corpus import Corpus
 from fastbind.data.vocab import EOS
-from fastbind.training.buckets import DEFAULT_EDGES, bucket_names, class_buckets
+from fastbind.buckets import DEFAULT_EDGES, bucket_names, class_buckets
 
 __all__ = ["context_gain", "corpus_statistics", "document_ids", "rare_recurrence", "type_growth"]
 

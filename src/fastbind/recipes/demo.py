@@ -3,7 +3,7 @@
 Trains two LSTM language models that differ only in their output layer (softmax and Hebbian
 Softmax; same seed, data, model size and number of steps), side by side in two processes.
 For each it tunes a neural cache and MbPA on the validation split (a small grid, MbPA on a
-stride of the targets; :mod:`fastbind.recipes.lm_sweep`) and evaluates the model alone,
+stride of the targets; :mod:`fastbind.evaluation.sweep`) and evaluates the model alone,
 + cache, + MbPA and + both on the test split by training-frequency bucket. It prints one
 table with the generator's own per-token entropy (the best perplexity any model can reach
 on this corpus) and a few sentences on what the table shows — including where the Hebbian
@@ -11,7 +11,7 @@ head does not help at this budget — and writes plots and a markdown report. Ne
 download; about four minutes on 2 idle CPU cores::
 
     fastbind demo                          # runs/demo/{softmax,hebbian,report}
-    fastbind demo out=/tmp/d max_steps=50  # any lm-train key=value applies to both runs
+    fastbind demo out=/tmp/d max_steps=50  # any lm-train key=value applies to both runs (train.KEY too)
     fastbind demo memories=false           # the models alone
     fastbind demo parallel=false           # one head after the other, in this process
 
@@ -26,38 +26,25 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import ClassVar
 
 from tqdm.auto import tqdm
 
+from fastbind.buckets import BucketedNLL
 from fastbind.data.synthetic import SyntheticConfig, token_nll
-from fastbind.errors import UserError
-from fastbind.lm import LMTrainConfig, load_data
+from fastbind.errors import BadSetting, UserError
+from fastbind.evaluation.sweep import SweepConfig
+from fastbind.lm import LMEvalConfig, LMTrainConfig, evaluate_run, load_data, sweep_run, train
 from fastbind.models.lstm_lm import LMConfig
-from fastbind.recipes.lm_eval import LMEvalConfig, run_eval
-from fastbind.recipes.lm_sweep import SweepConfig, sweep
-from fastbind.recipes.lm_train import train
 from fastbind.recipes.report import build_report
-from fastbind.training.buckets import BucketedNLL
 from fastbind.training.config import parse_cli, resolve_key
 
 
-@dataclass
-class DemoConfig(LMTrainConfig):
-    """The demo's settings: every ``lm-train`` key (applied to both runs) and the memories'."""
-
-    memories: bool = True  # tune a neural cache and MbPA on validation and add them on test
-    mbpa: bool = True  # include MbPA (with memories=true)
-    memory_sizes: tuple[int, ...] = (1000, 3000)  # cache sizes tried; MbPA uses the largest
-    mbpa_k: int = 64  # MbPA neighbours
-    mbpa_stride: int = 8  # MbPA scored on every n-th target (its memory reads every one)
-    parallel: bool = True  # train and evaluate the two heads at once, each on half the cores
-
-
-def demo_defaults() -> DemoConfig:
+def demo_train_defaults() -> LMTrainConfig:
     """The demo's budget: ~10k word types, 600k training tokens, about 4 minutes on 2 idle cores."""
-    return DemoConfig(
+    return LMTrainConfig(
         out="runs/demo",
         max_steps=500,
         eval_every=100,
@@ -66,6 +53,52 @@ def demo_defaults() -> DemoConfig:
         synthetic=SyntheticConfig(background_vocab=5000, entity_pool=5000, train_tokens=600_000,
                                   valid_tokens=30_000, test_tokens=50_000),
     )
+
+
+@dataclass
+class DemoConfig:
+    """The demo's settings: the memories', and under ``train`` every ``lm-train`` key (applied to
+    both runs, the head excepted), which the command line also takes without ``train.``."""
+
+    memories: bool = True  # tune a neural cache and MbPA on validation and add them on test
+    mbpa: bool = True  # include MbPA (with memories=true)
+    memory_sizes: tuple[int, ...] = (1000, 3000)  # cache sizes tried; MbPA uses the largest
+    mbpa_k: int = 64  # MbPA neighbours
+    mbpa_stride: int = 8  # MbPA scored on every n-th target (its memory reads every one)
+    parallel: bool = True  # train and evaluate the two heads at once, each on half the cores
+    train: LMTrainConfig = field(default_factory=demo_train_defaults)
+
+    # lm-train's keys at the top level, as in config files (presets); short keys: route_keys
+    RENAMED: ClassVar[dict[str, str]] = {f.name: f"train.{f.name}" for f in fields(LMTrainConfig)}
+
+    def __post_init__(self) -> None:
+        if not self.memory_sizes or min(self.memory_sizes) < 1:
+            raise BadSetting("memory_sizes", f"needs sizes >= 1, got {list(self.memory_sizes)}")
+        for name in ("mbpa_k", "mbpa_stride"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
+
+
+def demo_defaults() -> DemoConfig:
+    """The demo's settings before any key=value."""
+    return DemoConfig()
+
+
+def _own_keys() -> set[str]:
+    return {f.name for f in fields(DemoConfig)}
+
+
+def route_keys(argv: list[str]) -> list[str]:
+    """The command line with every ``lm-train`` key put under ``train.`` (``max_steps=50`` ->
+    ``train.max_steps=50``), so the demo's keys stay the ones ``lm-train`` takes."""
+    own = _own_keys()
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("-") and key.strip().split(".")[0] not in own:
+            arg = f"train.{key.strip()}={value}"
+        out.append(arg)
+    return out
 
 
 def generator_limit(cfg: LMTrainConfig, edges: tuple[int, ...]) -> dict:
@@ -112,9 +145,8 @@ def comparison_table(results: dict[str, dict], limit: dict | None) -> str:
 
 
 def _train_config(cfg: DemoConfig, head: str) -> LMTrainConfig:
-    """The lm-train settings of one of the demo's runs (its own keys dropped)."""
-    base = {f.name: getattr(cfg, f.name) for f in fields(LMTrainConfig)}
-    return replace(LMTrainConfig(**base), out=str(Path(cfg.out) / head), model=replace(cfg.model, head=head))
+    """The lm-train settings of one of the demo's runs."""
+    return replace(cfg.train, out=str(Path(cfg.train.out) / head), model=replace(cfg.train.model, head=head))
 
 
 def demo_sweep(cfg: DemoConfig) -> SweepConfig:
@@ -123,7 +155,7 @@ def demo_sweep(cfg: DemoConfig) -> SweepConfig:
     return SweepConfig(split="valid", thetas=(0.05, 0.1, 0.2), cache_lambdas=(0.1, 0.2, 0.3, 0.4),
                        sizes=tuple(cfg.memory_sizes), mbpa=cfg.mbpa, mbpa_sizes=(max(cfg.memory_sizes),),
                        ks=(cfg.mbpa_k,), steps=(1,), mbpa_lambdas=(0.05, 0.1, 0.2), mbpa_stride=cfg.mbpa_stride,
-                       test_mbpa_stride=cfg.mbpa_stride, progress=cfg.progress)
+                       test_mbpa_stride=cfg.mbpa_stride, progress=cfg.train.progress)
 
 
 def _pct(new: float, old: float) -> str:
@@ -166,8 +198,8 @@ def _one_head(cfg: DemoConfig, head: str) -> dict:
     run_cfg = _train_config(cfg, head)
     train(run_cfg)
     if cfg.memories:
-        return sweep(Path(run_cfg.out), demo_sweep(cfg))["test"]
-    return run_eval(Path(run_cfg.out), LMEvalConfig(split="test", progress=cfg.progress))
+        return sweep_run(Path(run_cfg.out), demo_sweep(cfg))["test"]
+    return evaluate_run(Path(run_cfg.out), LMEvalConfig(split="test", progress=cfg.train.progress))
 
 
 def _last_step(run_dir: Path) -> int:
@@ -180,16 +212,17 @@ def _last_step(run_dir: Path) -> int:
 
 def _side_by_side(cfg: DemoConfig, heads: tuple[str, ...]) -> dict[str, dict]:
     """Both heads at once in two processes, each with half the cores; one progress bar."""
-    threads = cfg.threads or max(1, (os.cpu_count() or 2) // 2)
-    child = replace(cfg, threads=threads, progress=False)
+    t = cfg.train
+    threads = t.threads or max(1, (os.cpu_count() or 2) // 2)
+    child = replace(cfg, train=replace(t, threads=threads, progress=False))
     then = ", then tuning the neural cache and MbPA on validation" if cfg.memories else ""
-    print(f"== training {' and '.join(heads)} side by side ({cfg.max_steps} steps, {threads} thread(s) each){then}, "
+    print(f"== training {' and '.join(heads)} side by side ({t.max_steps} steps, {threads} thread(s) each){then}, "
           "then the test split", flush=True)
     with ProcessPoolExecutor(len(heads), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {head: pool.submit(_one_head, child, head) for head in heads}
-        with tqdm(total=cfg.max_steps * len(heads), desc="train both", disable=not cfg.progress) as bar:
+        with tqdm(total=t.max_steps * len(heads), desc="train both", disable=not t.progress) as bar:
             while not all(f.done() for f in futures.values()):
-                steps = min(sum(_last_step(Path(cfg.out) / head) for head in heads), bar.total)
+                steps = min(sum(_last_step(Path(t.out) / head) for head in heads), bar.total)
                 if steps > bar.n:  # redraw only on news (a log file gets one line per redraw)
                     bar.update(steps - bar.n)
                     if steps == bar.total:
@@ -199,7 +232,8 @@ def _side_by_side(cfg: DemoConfig, heads: tuple[str, ...]) -> dict[str, dict]:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    out = Path(cfg.out)
+    t = cfg.train
+    out = Path(t.out)
     t0 = time.perf_counter()
     heads = ("softmax", "hebbian")
     if cfg.parallel:
@@ -207,15 +241,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     else:
         results = {}
         for head in heads:
-            print(f"== {head}: training ({cfg.max_steps} steps)" + (", then tuning the neural cache and MbPA on "
+            print(f"== {head}: training ({t.max_steps} steps)" + (", then tuning the neural cache and MbPA on "
                   "validation" if cfg.memories else "") + ", then the test split", flush=True)
             results[head] = _one_head(cfg, head)
     runs = [out / head for head in heads]
-    limit = generator_limit(cfg, tuple(cfg.buckets)) if cfg.data.strip().lower() == "synthetic" else None
+    limit = generator_limit(t, tuple(t.buckets)) if t.data.strip().lower() == "synthetic" else None
     table = comparison_table(results, limit)
     report = build_report(runs, out / "report", split="test", title="fastbind demo: softmax vs Hebbian Softmax")
     print()
-    print(f"Test perplexity by training-frequency bucket ({cfg.data}, {cfg.max_steps} steps each, seed {cfg.seed}):")
+    print(f"Test perplexity by training-frequency bucket ({t.data}, {t.max_steps} steps each, seed {t.seed}):")
     print(table)
     lines = summary_lines(results, limit)
     print("\n".join(lines))
@@ -224,13 +258,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     return {"results": results, "limit": limit, "table": table, "summary": lines, "report": report}
 
 
-CONFIG = demo_defaults()  # for `fastbind demo --help`: the demo's own defaults
+CONFIG = DemoConfig  # for `fastbind demo --help`: the demo's own defaults
 
 
 def main(argv: list[str]) -> int:
-    if any(resolve_key(LMTrainConfig, a.partition("=")[0].strip()) == "model.head" for a in argv if "=" in a):
+    argv = route_keys(argv)
+    if any(resolve_key(DemoConfig, a.partition("=")[0].strip()) == "train.model.head" for a in argv if "=" in a):
         raise UserError("the demo trains both heads; drop head=/model.head=")
-    cfg, rest = parse_cli(argv, DemoConfig, base=demo_defaults())
+    cfg, rest = parse_cli(argv, DemoConfig)
     if rest:
         raise UserError(f"unexpected argument {rest[0]!r} (settings are key=value, e.g. out=runs/demo)")
     run_demo(cfg)

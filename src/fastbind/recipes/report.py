@@ -14,7 +14,7 @@ Reads what ``lm-train`` and ``lm-eval`` leave in each run folder (``config.json`
 * ``validation_buckets.png``: the same per training-frequency bucket, one panel per bucket
   (runs that logged ``val/bucket_ppl``);
 * ``buckets.png``: perplexity per frequency bucket on ``split`` (plus the overall one),
-  one bar per run and per dynamic-evaluation variant (``+cache``, ``+mbpa``, ...);
+  one bar per run and per evaluation-memory variant (``+cache``, ``+mbpa``, ...);
 * ``report.md``: the same numbers as a table in the style of Table 2 of Rae et al. (2018).
 
 Omniglot curriculum runs (``fastbind curriculum``) get the Figure 3 and 9 analogues, and
@@ -411,7 +411,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, split: str = "
 
     Returns:
         ``{"markdown", "validation", "buckets"}`` (paths written), ``"table"`` (the markdown
-        table), ``"rows"`` (one dict per run and dynamic-evaluation variant, as taken by
+        table), ``"rows"`` (one dict per run and evaluation-memory variant, as taken by
         :func:`markdown_table`), ``"bucket_names"`` and ``"notes"`` (runs without
         ``eval-<split>.json`` or without validation points).
 

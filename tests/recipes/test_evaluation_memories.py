@@ -1,4 +1,4 @@
-"""lm-eval with cache/MbPA variants and lm-sweep, on a tiny trained run."""
+"""Evaluation-time memories: lm-eval with cache/MbPA variants and lm-sweep, on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ from fastbind.runs import RunFolder
 from test_lm_recipes import TINY  # noqa: E402  (tests/recipes is on sys.path under pytest's rootdir-less import)
 
 
+CACHE_KEYS = {"size", "theta", "lambda"}
+MBPA_KEYS = {"size", "k", "steps", "lr", "l2", "eps", "lambda", "stride"}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dyn") / "run"
+    out = tmp_path_factory.mktemp("memories") / "run"
     assert cli(["lm-train", f"out={out}", *TINY, "max_steps=12", "eval_every=6", "head=hebbian", "T=5"]) == 0
     return out
 
@@ -77,16 +81,18 @@ def test_sweep_picks_the_grid_minimum_and_applies_it_to_test(run, capsys):
     assert s["best_cache"]["ppl"] == min(r["ppl"] for r in s["grid"]["cache"])
     assert s["best_mixture"]["ppl"] == min(r["ppl"] for r in s["grid"]["mixture"])
     t = json.loads((run / "eval-test.json").read_text())
-    assert t["tuned_on"] == "valid" and t["variants"]["+cache"]["settings"]["size"] == s["best_cache"]["size"]
+    assert t["tuned_on"] == "valid"
+    assert t["variants"]["+cache"]["settings"]["cache"]["size"] == s["best_cache"]["cache"]["size"]
     assert t["variants"]["model"]["tokens"] == 300
     assert "+cache+MbPA" in capsys.readouterr().out
     assert (run / "sweep-valid.md").read_text().startswith("Sweep on valid")
     # MbPA (and so the mixture) at one of the cache sizes only; the cache grid is unchanged
     assert cli(args + ["mbpa_sizes=[200]", "tag=one", "apply_test=false"]) == 0
     one = json.loads((run / "sweep-valid-one.json").read_text())
-    assert [r["size"] for r in one["grid"]["mbpa"]] == [200] and {r["size"] for r in one["grid"]["mixture"]} == {200}
+    assert [r["mbpa"]["size"] for r in one["grid"]["mbpa"]] == [200]
+    assert {r["cache"]["size"] for r in one["grid"]["mixture"]} == {200}
     assert len(one["grid"]["mixture"]) == 4 and one["grid"]["cache"] == s["grid"]["cache"]
-    assert one["grid"]["mbpa"][0] == next(r for r in s["grid"]["mbpa"] if r["size"] == 200)
+    assert one["grid"]["mbpa"][0] == next(r for r in s["grid"]["mbpa"] if r["mbpa"]["size"] == 200)
 
 
 def test_lm_eval_mbpa_stride_scores_a_sample(run):
@@ -125,7 +131,7 @@ def test_sweep_mbpa_stride_tunes_mbpa_on_the_sample(run):
     W, b = model.output_layer()
     lp_m = MbPA(size=200, k=8, steps=1, lr=0.3, l2=0.5, eps=1e-3).log_prob(H, Y, W.detach(), b.detach())
     p, pm = LP.double().exp()[::4], lp_m.double().exp()[::4]
-    row = next(r for r in s["grid"]["mbpa"] if r["lambda"] == 0.1)
+    row = next(r for r in s["grid"]["mbpa"] if r["mbpa"]["lambda"] == 0.1)
     assert math.isclose(row["ppl"], math.exp(-(0.9 * p + 0.1 * pm).log().mean().item()), rel_tol=1e-4)
     assert math.isclose(s["model_ppl_mbpa_tokens"], math.exp(-p.log().mean().item()), rel_tol=1e-4)
     assert "every 4th target" in (run / "sweep-valid-strided.md").read_text()
@@ -169,7 +175,16 @@ def test_lm_eval_and_lm_sweep_write_one_eval_layout(run):
         for name, v in rec["variants"].items():
             assert set(v) == {"ppl", "nll", "tokens", "buckets", "settings"}, (kind, name)
             assert (v["settings"] is None) == name.startswith("model"), (kind, name)
+            memories = {"+cache": {"cache"}, "+mbpa": {"mbpa"}, "+cache+mbpa": {"cache", "mbpa"}}
+            if v["settings"] is not None:  # one layout of the settings, whoever wrote them
+                assert set(v["settings"]) == memories[name.split("@")[0]], (kind, name)
+                assert set(v["settings"].get("cache", CACHE_KEYS)) == CACHE_KEYS, (kind, name)
+                assert set(v["settings"].get("mbpa", MBPA_KEYS)) == MBPA_KEYS, (kind, name)
         variants[kind] = list(rec["variants"])
+    grid = json.loads((run / "sweep-valid-layout.json").read_text())["grid"]
+    for row in grid["cache"] + grid["mbpa"] + grid["mixture"]:  # the sweep's rows: the same layout, ppl beside
+        assert set(row) - {"ppl"} <= {"cache", "mbpa"} and isinstance(row["ppl"], float)
+        assert set(row.get("cache", CACHE_KEYS)) == CACHE_KEYS and set(row.get("mbpa", MBPA_KEYS)) == MBPA_KEYS
     assert variants == {"plain": ["model"],
                         "memories": ["model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"],
                         "sweep": ["model", "+cache", "+mbpa", "+cache+mbpa"]}
@@ -190,3 +205,16 @@ def test_fwm_run_evaluates_with_cache_and_mbpa(tmp_path):
     assert cli([*common, "bptt=13"]) == 0
     plain = json.loads((run / "eval-test.json").read_text())
     assert math.isclose(plain["ppl"], r["variants"]["model"]["ppl"], rel_tol=1e-5)
+
+
+def test_lm_eval_with_a_sweeps_recorded_settings_gives_its_numbers(run):
+    """The settings a record holds are the keys lm-eval takes: evaluating them again gives the
+    sweep's test numbers exactly (one layout, one mixer)."""
+    assert cli(["lm-sweep", str(run), "progress=false", "max_tokens=300", "test_max_tokens=300", "thetas=[0.3,0.5]",
+                "cache_lambdas=[0.1,0.2]", "sizes=[100]", "mbpa_lambdas=[0.05,0.1]", "ks=[8]", "steps=[1]",
+                "tag=again"]) == 0
+    swept = json.loads((run / "eval-test-again.json").read_text())["variants"]["+cache+mbpa"]
+    keys = [f"{memory}.{k}={v}" for memory, section in swept["settings"].items() for k, v in section.items()]
+    assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300", *keys]) == 0
+    again = json.loads((run / "eval-test.json").read_text())["variants"]["+cache+mbpa"]
+    assert again == swept

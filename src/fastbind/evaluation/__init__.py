@@ -1,4 +1,4 @@
-"""Stream evaluation of language models: bucketed perplexity, and cache/MbPA variants.
+"""Stream evaluation of language models: bucketed perplexity, and evaluation-time memories.
 
 Two ways to read a split:
 
@@ -6,9 +6,19 @@ Two ways to read a split:
   training-frequency bucket (validation during training, plain ``lm-eval``).
 * :func:`collect_stream`: the split as one stream (batch 1), keeping the output layer's
   inputs ``H``, the targets ``Y`` and the model's ``log p(y_t)``, so evaluation-time memories
-  run over them (:func:`cache_log_probs`, :func:`mbpa_log_probs`) and are mixed in
-  (:func:`variant_log_probs`) without running the model again; :func:`bucket_results`
-  turns each variant's log-probabilities into perplexities overall and per bucket.
+  (a neural cache, MbPA) run over them (:func:`cache_log_probs`, :func:`mbpa_log_probs`) and
+  are mixed in without running the model again; :func:`bucket_results` turns each variant's
+  log-probabilities into perplexities overall and per bucket.
+
+A variant is the model mixed with some of the memories (``model``, ``+cache``, ``+mbpa``,
+``+cache+mbpa``). :func:`mix_variant` is the one place that mixes them, for ``lm-eval``, the
+grid search of :mod:`fastbind.evaluation.sweep` and its test evaluation alike, and
+:func:`variant_settings` the one layout of the settings that made a variant, as written into
+``eval-<split>.json`` and the sweep's grid rows::
+
+    {"cache": {"size": 10000, "theta": 0.3, "lambda": 0.1},
+     "mbpa": {"size": 10000, "k": 1024, "steps": 1, "lr": 0.3, "l2": 0.5, "eps": 0.001,
+              "lambda": 0.04, "stride": 1}}        (only the memories the variant uses)
 
 A variant named ``name@sample`` is ``name`` restricted to the targets MbPA scored when it
 scored only a sample (see :func:`with_sample_variants`).
@@ -24,18 +34,18 @@ mixture with an MbPA memory's adapted prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fastbind.buckets import BucketedNLL
 from fastbind.data.stream import ChunkStream
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting
 from fastbind.memory import MbPA, NeuralCache, mix_log_probs
-from fastbind.training.buckets import BucketedNLL
 from fastbind.training.config import alias
-from fastbind.training.distributed import DistInfo
+from fastbind.training.distributed import DistInfo, all_reduce_sum
 
 __all__ = [
     "SAMPLE",
@@ -50,26 +60,50 @@ __all__ = [
     "evaluate",
     "format_table",
     "mbpa_log_probs",
+    "mix_variant",
     "predict",
     "variant_log_probs",
+    "variant_name",
+    "variant_settings",
     "with_sample_variants",
 ]
 
 SAMPLE = "@sample"  # suffix of the variants restricted to the MbPA-scored targets
 
 
+def _check_lambda(value: float) -> None:
+    # mix_log_probs needs the weights of the mixture below 1: λ = 1 would drop the model
+    if not 0.0 <= value < 1.0:
+        raise BadSetting("lam", f"must be in [0, 1) (the memory's weight in the mixture), got {value}")
+
+
 @dataclass
 class CacheSettings:
-    """Neural cache (Grave et al. 2016); on when ``lam > 0`` (the paper: 10000, 0.3, 0.1)."""
+    """Neural cache (Grave et al. 2016); on when ``lambda > 0`` (the paper: 10000, 0.3, 0.1).
+
+    The mixing weight is the key ``cache.lambda`` everywhere (command lines, records); the
+    attribute is ``lam`` because ``lambda`` is a Python keyword.
+    """
 
     size: int = 10000
     theta: float = 0.3
-    lam: float = alias("lambda", default=0.0)  # the mixing weight (``lambda`` is a Python keyword)
+    lam: float = alias("lambda", default=0.0)  # the mixing weight
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise BadSetting("size", f"must be >= 1, got {self.size}")
+        if not self.theta > 0:
+            raise BadSetting("theta", f"must be > 0 (the cache's inverse temperature), got {self.theta}")
+        _check_lambda(self.lam)
+
+    def record(self) -> dict[str, Any]:
+        """These settings as a variant's ``settings["cache"]``."""
+        return {"size": self.size, "theta": self.theta, "lambda": self.lam}
 
 
 @dataclass
 class MbPASettings:
-    """MbPA (Sprechmann et al. 2018); on when ``lam > 0`` (the paper: K 1024, 1 step, lr 0.3, l2 0.5, λ 0.04)."""
+    """MbPA (Sprechmann et al. 2018); on when ``lambda > 0`` (the paper: K 1024, 1 step, lr 0.3, l2 0.5, λ 0.04)."""
 
     lam: float = alias("lambda", default=0.0)  # the mixing weight
     size: int = 0  # memory size; 0 = the cache size
@@ -84,8 +118,39 @@ class MbPASettings:
     stride: int = 1
 
     def __post_init__(self) -> None:
-        if self.stride < 1:
-            raise UserError(f"mbpa.stride must be a positive integer, got {self.stride}")
+        _check_lambda(self.lam)
+        if self.size < 0:
+            raise BadSetting("size", f"must be >= 1, or 0 for the cache's size, got {self.size}")
+        for name in ("k", "steps", "stride"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise BadSetting("lr", f"must be > 0, got {self.lr}")
+        if not self.l2 >= 0:
+            raise BadSetting("l2", f"must be >= 0, got {self.l2}")
+        if not self.eps > 0:
+            raise BadSetting("eps", f"must be > 0, got {self.eps}")
+
+    def record(self) -> dict[str, Any]:
+        """These settings as a variant's ``settings["mbpa"]`` (resolve ``size=0`` first)."""
+        return {"size": self.size, "k": self.k, "steps": self.steps, "lr": self.lr, "l2": self.l2,
+                "eps": self.eps, "lambda": self.lam, "stride": self.stride}
+
+
+def variant_name(cache: bool, mbpa: bool) -> str:
+    """``model``, ``+cache``, ``+mbpa`` or ``+cache+mbpa``."""
+    return ("+cache" if cache else "") + ("+mbpa" if mbpa else "") or "model"
+
+
+def variant_settings(cache: CacheSettings | None = None, mbpa: MbPASettings | None = None) -> dict | None:
+    """The settings of the variant that mixes in these memories (None: the model alone), in
+    the one layout of evaluation records and grid rows."""
+    out = {}
+    if cache is not None:
+        out["cache"] = cache.record()
+    if mbpa is not None:
+        out["mbpa"] = mbpa.record()
+    return out or None
 
 
 @torch.no_grad()
@@ -180,9 +245,7 @@ def evaluate(
         out = model(x, state, targets=y)  # an adaptive softmax computes only what the targets need
         state = out.state
         acc.add(out.nll.flatten(), y)
-    if world > 1:
-        for t in (acc.nll, acc.tokens):
-            dist.all_reduce(t)
+    acc.nll, acc.tokens = all_reduce_sum(acc.nll), all_reduce_sum(acc.tokens)  # a copy in one process
     model.train(was_training)
     return acc.result()
 
@@ -241,18 +304,35 @@ def mbpa_log_probs(H: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias:
     return torch.cat(parts)
 
 
-def variant_log_probs(lp: torch.Tensor, lp_cache: torch.Tensor | None, lp_mbpa: torch.Tensor | None,
-                      lam_cache: float, lam_mbpa: float) -> dict[str, torch.Tensor]:
-    """The model alone and mixed with each memory, as log-probabilities of the targets."""
-    out = {"model": lp}
-    cache = (lam_cache, lp_cache, cache_defined(lp.numel(), lp.device)) if lp_cache is not None else None
+def mix_variant(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = None,
+                mbpa: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+    """The model's target log-probabilities ``lp (n,)`` mixed with the memories given as
+    ``(λ, log-probs)``, in probability space (:func:`~fastbind.memory.mix_log_probs`).
+
+    The tensors hold the targets of one stream from its first on, every one or every
+    ``stride``-th: either way only the first has an empty cache, which is left out there and
+    the other weights renormalised (:func:`cache_defined`).
+    """
+    pairs: list[tuple] = []
     if cache is not None:
-        out["+cache"] = mix_log_probs(lp, cache)
-    if lp_mbpa is not None:
-        out["+mbpa"] = mix_log_probs(lp, (lam_mbpa, lp_mbpa))
-    if cache is not None and lp_mbpa is not None:
-        out["+cache+mbpa"] = mix_log_probs(lp, cache, (lam_mbpa, lp_mbpa))
-    return with_sample_variants(out, lp_mbpa)
+        pairs.append((*cache, cache_defined(lp.numel(), lp.device)))
+    if mbpa is not None:
+        pairs.append(mbpa)
+    return mix_log_probs(lp, *pairs)
+
+
+def variant_log_probs(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = None,
+                      mbpa: tuple[float, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model alone and mixed (:func:`mix_variant`) with each memory given as ``(λ, log-probs)``
+    and with both, as log-probabilities of the targets."""
+    out = {"model": lp}
+    if cache is not None:
+        out["+cache"] = mix_variant(lp, cache=cache)
+    if mbpa is not None:
+        out["+mbpa"] = mix_variant(lp, mbpa=mbpa)
+    if cache is not None and mbpa is not None:
+        out["+cache+mbpa"] = mix_variant(lp, cache=cache, mbpa=mbpa)
+    return with_sample_variants(out, mbpa[1] if mbpa is not None else None)
 
 
 def with_sample_variants(lps: dict[str, torch.Tensor], lp_mbpa: torch.Tensor | None) -> dict[str, torch.Tensor]:

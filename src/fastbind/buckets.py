@@ -5,6 +5,10 @@ split; with the default edges (100, 1000, 10000) the buckets are ``>10K``, ``1K-
 ``100-1K`` and ``<100`` (a count equal to an edge goes to the upper bucket). Token losses are
 summed per bucket with one ``bincount``, so the bucket perplexities recombine exactly to the
 overall one: ``log ppl = Σ_b n_b log ppl_b / Σ_b n_b``.
+
+Buckets are how evaluation reads a result, but the corpus statistics (``data/statistics.py``)
+count tokens per bucket too; this module depends on torch alone, so it sits at the bottom of
+the import order, below both, and neither has to import upward.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fastbind.training.buckets import BucketedNLL, bucket_names, class_buckets
+from fastbind.buckets import BucketedNLL, bucket_names, class_buckets
 
 
 def test_names_and_assignment_at_edges():

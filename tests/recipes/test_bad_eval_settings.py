@@ -1,0 +1,84 @@
+"""A bad value of lm-eval, lm-sweep or demo is one line on stderr and exit 2, before any work.
+
+Each case runs in-process through the CLI entry point; loading the run is made to fail the
+test, so a case that passes has been refused while its settings were read, and nothing was
+written to the run folder (nor, for the demo, its output folder made).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import fastbind.lm
+from fastbind.cli import main as cli
+
+from test_lm_recipes import TINY  # noqa: E402  (tests/recipes is on sys.path under pytest's rootdir-less import)
+
+CASES = [  # (command, key=value, message fragment)
+    ("lm-eval", "cache.lambda=1.5", "must be in [0, 1)"),
+    ("lm-eval", "cache.lambda=-0.1", "must be in [0, 1)"),
+    ("lm-eval", "mbpa.lambda=1", "must be in [0, 1)"),
+    ("lm-eval", "cache.size=0", "size: must be >= 1"),
+    ("lm-eval", "cache.theta=0", "theta: must be > 0"),
+    ("lm-eval", "mbpa.size=-1", "size: must be >= 1, or 0"),
+    ("lm-eval", "mbpa.k=0", "k: must be >= 1"),
+    ("lm-eval", "mbpa.steps=0", "steps: must be >= 1"),
+    ("lm-eval", "mbpa.lr=0", "lr: must be > 0"),
+    ("lm-eval", "mbpa.l2=-0.5", "l2: must be >= 0"),
+    ("lm-eval", "mbpa.eps=0", "eps: must be > 0"),
+    ("lm-eval", "mbpa.stride=0", "stride: must be >= 1"),
+    ("lm-eval", "batch_size=0", "batch_size: must be >= 1"),
+    ("lm-eval", "bptt=0", "bptt: must be >= 1"),
+    ("lm-eval", "max_tokens=-1", "max_tokens: must be >= 0"),
+    ("lm-eval", "memory_chunk=0", "memory_chunk: must be >= 1"),
+    ("lm-eval", "buckets=[100,10]", "strictly increasing"),
+    ("lm-eval", "split=dev", "split"),
+    ("lm-eval", "checkpoint=first", "checkpoint"),
+    ("lm-eval", "cache.lambda=0.6 mbpa.lambda=0.5", "cache.lambda + mbpa.lambda must be < 1"),
+    ("lm-eval", "batch_size=4 cache.lambda=0.1", "use batch_size=1"),
+    ("lm-sweep", "split=dev", "split: must be valid, test or train"),
+    ("lm-sweep", "checkpoint=first", "checkpoint: must be best or last"),
+    ("lm-sweep", "thetas=[0.3,0]", "thetas: each must be > 0"),
+    ("lm-sweep", "cache_lambdas=[0.1,1.0]", "cache_lambdas: each must be in [0, 1)"),
+    ("lm-sweep", "mbpa_lambdas=[-0.1]", "mbpa_lambdas: each must be in [0, 1)"),
+    ("lm-sweep", "sizes=[0]", "sizes: each must be >= 1"),
+    ("lm-sweep", "ks=[0]", "ks: each must be >= 1"),
+    ("lm-sweep", "steps=[]", "steps: needs at least one value"),
+    ("lm-sweep", "mbpa_sizes=[7]", "mbpa_sizes: each must be one of sizes"),
+    ("lm-sweep", "lr=0", "lr: must be > 0"),
+    ("lm-sweep", "l2=-1", "l2: must be >= 0"),
+    ("lm-sweep", "eps=0", "eps: must be > 0"),
+    ("lm-sweep", "bptt=0", "bptt: must be >= 1"),
+    ("lm-sweep", "memory_chunk=0", "memory_chunk: must be >= 1"),
+    ("lm-sweep", "mbpa_stride=0", "mbpa_stride: must be >= 1"),
+    ("lm-sweep", "test_mbpa_stride=-1", "test_mbpa_stride: must be >= 1"),
+    ("lm-sweep", "max_tokens=-1", "max_tokens: must be >= 0"),
+    ("lm-sweep", "test_max_tokens=-1", "test_max_tokens: must be >= 0"),
+    ("lm-sweep", "tag=a/b", "tag: may hold only"),
+    ("demo", "memory_sizes=[0,100]", "memory_sizes: needs sizes >= 1"),
+    ("demo", "mbpa_k=0", "mbpa_k: must be >= 1"),
+    ("demo", "mbpa_stride=0", "mbpa_stride: must be >= 1"),
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad") / "run"
+    assert cli(["lm-train", f"out={out}", *TINY, "max_steps=2", "eval_every=0"]) == 0
+    return out
+
+
+@pytest.mark.parametrize(("command", "setting", "fragment"), CASES, ids=[f"{c} {s}" for c, s, _ in CASES])
+def test_bad_value_is_one_line_and_nothing_runs(run, tmp_path, monkeypatch, capsys, command, setting, fragment):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{command} {setting}: the run was loaded despite a bad setting")
+
+    monkeypatch.setattr(fastbind.lm, "load_lm_run", refuse)
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "demo"
+    argv = [f"out={out}"] if command == "demo" else [str(run)]
+    assert cli([command, *argv, "progress=false", *setting.split()]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert sorted(p.name for p in run.iterdir()) == before  # no eval-*.json, sweep-*.json
+    assert not out.exists()
