@@ -4,7 +4,7 @@
 trained run's model and data from its folder with :func:`load_lm_run`, without importing the
 training recipe::
 
-    cfg = LMTrainConfig(data="ptb", model=LMConfig(head="hebbian"))
+    cfg = LMTrainConfig(data="ptb", model=ModelConfig(head="hebbian"), lstm=LSTMConfig(hidden=512))
     corpus = load_data(cfg)                       # train/valid/test ids, vocabulary, counts
     model = build_model(cfg, len(corpus.vocab))
     ...
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -25,7 +25,8 @@ from fastbind.data.synthetic import SyntheticConfig
 from fastbind.errors import UserError
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
-from fastbind.models.lstm_lm import LMConfig, LSTMLM
+from fastbind.models.language_model import LanguageModel
+from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, build_lm
 from fastbind.runs import RunFolder
 from fastbind.training.buckets import DEFAULT_EDGES
 from fastbind.training.config import alias, to_dict
@@ -38,9 +39,12 @@ __all__ = ["LMRun", "LMTrainConfig", "build_model", "load_data", "load_lm_run", 
 class LMTrainConfig:
     """Settings of ``fastbind lm-train`` (every field is a ``key=value`` override).
 
-    Saved as the run folder's ``config.json`` and in every checkpoint; the short keys
-    ``arch``, ``head``, ``gamma``, ``T``, ``objective``, ``hidden``, ``emb_dim``, ``tied``, ``softmax``, ``cutoffs``,
-    ``div_value`` and ``lr`` set the model's and the optimizer's fields of those names.
+    Saved as the run folder's ``config.json`` and in every checkpoint. ``model`` holds what every
+    model family shares, ``lstm`` and ``fwm`` the families' own settings (``model.arch`` picks the
+    family, :mod:`fastbind.models.registry`). The short keys ``arch``, ``head``, ``gamma``, ``T``,
+    ``objective``, ``emb_dim``, ``tied``, ``softmax``, ``cutoffs``, ``div_value``, ``hidden`` and ``lr``
+    set the fields of those names in ``model``, ``lstm`` and ``optim``; the keys of the single
+    ``model`` section of earlier versions (``model.hidden``, ``model.fwm_size`` ...) still work.
     ``gamma=auto`` / ``T=auto`` and the adaptive softmax's default ``cutoffs`` are resolved from
     the training counts (:func:`resolve_auto`) and saved as numbers.
     """
@@ -66,10 +70,14 @@ class LMTrainConfig:
     buckets: tuple[int, ...] = DEFAULT_EDGES
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
-    model: LMConfig = alias("arch", "head", "gamma", "T", "objective", "hidden", "emb_dim", "tied", "softmax",
-                            "cutoffs", "div_value", default_factory=LMConfig)
+    model: ModelConfig = alias("arch", "head", "gamma", "T", "objective", "emb_dim", "tied", "softmax", "cutoffs",
+                               "div_value", default_factory=ModelConfig)
+    lstm: LSTMConfig = alias("hidden", default_factory=LSTMConfig)
+    fwm: FWMConfig = field(default_factory=FWMConfig)
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = MODEL_RENAMED
 
 
 def load_data(cfg: LMTrainConfig) -> Corpus:
@@ -99,16 +107,16 @@ def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
     return replace(cfg, model=model)
 
 
-def build_model(cfg: LMTrainConfig, vocab_size: int) -> LSTMLM:
-    """The (untrained) model of ``cfg`` for a vocabulary of ``vocab_size`` types."""
-    return LSTMLM(replace(cfg.model, vocab_size=vocab_size))
+def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
+    """The (untrained) model of ``cfg`` (the family ``cfg.model.arch``) for a vocabulary of ``vocab_size`` types."""
+    return build_lm(cfg, vocab_size)
 
 
 class LMRun(NamedTuple):
     """A trained run loaded back (unpacks as ``cfg, model, corpus, checkpoint``)."""
 
     cfg: LMTrainConfig
-    model: LSTMLM
+    model: LanguageModel
     corpus: Corpus
     checkpoint: dict[str, Any]
 

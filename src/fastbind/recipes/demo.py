@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from fastbind.data.synthetic import SyntheticConfig, token_nll
 from fastbind.errors import UserError
 from fastbind.lm import LMTrainConfig, load_data
-from fastbind.models.lstm_lm import LMConfig
+from fastbind.models.registry import LSTMConfig, ModelConfig
 from fastbind.recipes.lm_eval import LMEvalConfig, run_eval
 from fastbind.recipes.lm_sweep import SweepConfig, sweep
 from fastbind.recipes.lm_train import train
@@ -62,7 +62,8 @@ def demo_defaults() -> DemoConfig:
         max_steps=500,
         eval_every=100,
         eval_max_tokens=10000,
-        model=LMConfig(emb_dim=128, hidden=128, tied=False, T=100, gamma=0.05, objective="ip"),
+        model=ModelConfig(emb_dim=128, tied=False, T=100, gamma=0.05, objective="ip"),
+        lstm=LSTMConfig(hidden=128),
         synthetic=SyntheticConfig(background_vocab=5000, entity_pool=5000, train_tokens=600_000,
                                   valid_tokens=30_000, test_tokens=50_000),
     )

@@ -24,7 +24,7 @@ from fastbind.data.stream import ChunkStream
 from fastbind.errors import UserError
 from fastbind.evaluation import evaluate
 from fastbind.lm import LMTrainConfig, build_model, load_data, resolve_auto
-from fastbind.models.lstm_lm import detach_state
+from fastbind.models.language_model import detach_state
 from fastbind.runs import RunFolder
 from fastbind.training.buckets import BucketedNLL
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
@@ -50,7 +50,7 @@ def train(cfg: LMTrainConfig) -> dict:
     # ---- resume check before anything is written
     if ck is not None:
         saved = from_dict(LMTrainConfig, ck["config"])
-        for name in ("model", "data", "batch_size", "bptt", "carry_state", "seed"):
+        for name in ("model", "lstm", "fwm", "data", "batch_size", "bptt", "carry_state", "seed"):
             if to_dict(saved).get(name) != to_dict(cfg).get(name):
                 raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
                                 f"use another out= or the same settings to resume")
