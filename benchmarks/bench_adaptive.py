@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastbind.layers.hebbian_adaptive import default_cutoffs
-from fastbind.models.lstm_lm import LMConfig, LSTMLM
+from fastbind.models.lstm_lm import LSTMConfig, LSTMLM
+from fastbind.models.registry import ModelConfig
 
 from _common import environment, sync, write_result  # benchmarks/_common.py
 
@@ -84,9 +85,9 @@ def make_variant(name: str, V: int, d: int, cutoffs: list[int]):
             opt.step()
 
         return step
-    cfg = LMConfig(vocab_size=V, emb_dim=d, hidden=d, head="hebbian" if name.endswith("hebbian") else "softmax",
-                   softmax="adaptive" if name.startswith("adaptive") else "full", cutoffs=tuple(cutoffs))
-    model = LSTMLM(cfg)
+    cfg = ModelConfig(vocab_size=V, emb_dim=d, head="hebbian" if name.endswith("hebbian") else "softmax",
+                      softmax="adaptive" if name.startswith("adaptive") else "full", cutoffs=tuple(cutoffs))
+    model = LSTMLM(cfg, LSTMConfig(hidden=d))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
 
     def step(x, y):

@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastbind.models.lstm_lm import LMConfig, LSTMLM
+from fastbind.models.fwm_lm import FWMConfig, FWMLSTMLM
+from fastbind.models.lstm_lm import LSTMConfig, LSTMLM
+from fastbind.models.registry import ModelConfig
 
 from _common import environment, sync, write_result  # benchmarks/_common.py
 
@@ -115,9 +117,12 @@ def make_variant(name: str, vocab: int, d: int, size: int, hops: int, seed: int)
         def forward(x, state):
             return model(x, state)
     else:
-        cfg = LMConfig(vocab_size=vocab, arch="lstm" if name == "lstm" else "fwm", emb_dim=d, hidden=d,
-                       input_dropout=0.0, dropout=0.0, fwm_size=size, fwm_hops=hops)
-        model = LSTMLM(cfg)
+        lstm = LSTMConfig(hidden=d, input_dropout=0.0, dropout=0.0)
+        if name == "lstm":
+            model = LSTMLM(ModelConfig(vocab_size=vocab, emb_dim=d), lstm)
+        else:
+            fwm = FWMConfig(size=size, hops=hops)
+            model = FWMLSTMLM(ModelConfig(vocab_size=vocab, arch="fwm", emb_dim=d), lstm, fwm)
         if name == "fwm_step":
             model.fwm.impl = "step"
         if name == "fwm_compiled":

@@ -56,7 +56,7 @@ from torch import nn
 from fastbind.data import load_corpus
 from fastbind.data.synthetic import SyntheticConfig
 from fastbind.lm import LMTrainConfig, train
-from fastbind.models.lstm_lm import LMConfig
+from fastbind.models.registry import LSTMConfig, ModelConfig
 from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 
@@ -129,12 +129,12 @@ def run_plain(data: torch.Tensor, V: int, a: argparse.Namespace, device: torch.d
 
 
 def fastbind_config(a: argparse.Namespace, head: str, out: Path, synthetic: SyntheticConfig) -> LMTrainConfig:
-    model = LMConfig(emb_dim=a.hidden, hidden=a.hidden, layers=a.layers, input_dropout=a.dropout,
-                     dropout=a.dropout, tied=True, head=head, T=500, gamma=0.25)  # as measured in RESULTS.md
+    model = ModelConfig(emb_dim=a.hidden, tied=True, head=head, T=500, gamma=0.25)  # as measured in RESULTS.md
+    lstm = LSTMConfig(hidden=a.hidden, layers=a.layers, input_dropout=a.dropout, dropout=a.dropout)
     return LMTrainConfig(
         out=str(out), data=a.data, seed=a.seed, device=a.device, threads=a.threads, max_steps=a.steps,
         batch_size=a.batch, bptt=a.bptt, carry_state=True, eval_every=0, log_every=10**9, progress=False,
-        tensorboard=False, model=model, optim=OptimConfig(name=a.optim, lr=a.lr, clip=a.clip),
+        tensorboard=False, model=model, lstm=lstm, optim=OptimConfig(name=a.optim, lr=a.lr, clip=a.clip),
         synthetic=synthetic)
 
 

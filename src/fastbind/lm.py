@@ -3,7 +3,7 @@
 The recipes ``lm-train``, ``lm-eval``, ``lm-sweep`` and ``demo`` are command lines over these
 functions (a recipe imports no other recipe)::
 
-    cfg = LMTrainConfig(data="ptb", model=LMConfig(head="hebbian"))
+    cfg = LMTrainConfig(data="ptb", model=ModelConfig(head="hebbian"), lstm=LSTMConfig(hidden=512))
     corpus = load_data(cfg)                       # train/valid/test ids, vocabulary, counts
     model = build_model(cfg, len(corpus.vocab))
     train(cfg)                                    # a run folder at cfg.out
@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -36,7 +36,8 @@ from fastbind.evaluation import (
 from fastbind.evaluation.sweep import SweepConfig, apply_best, grid_search, sweep_markdown
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
-from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
+from fastbind.models.language_model import LanguageModel, detach_state
+from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, build_lm
 from fastbind.runs import RunFolder, eval_record
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
 from fastbind.training.config import alias, from_dict, to_dict
@@ -52,9 +53,12 @@ __all__ = ["LMEvalConfig", "LMRun", "LMTrainConfig", "apply_to_split", "build_mo
 class LMTrainConfig:
     """Settings of ``fastbind lm-train`` (every field is a ``key=value`` override).
 
-    Saved as the run folder's ``config.json`` and in every checkpoint; the short keys
-    ``arch``, ``head``, ``gamma``, ``T``, ``objective``, ``hidden``, ``emb_dim``, ``tied``, ``softmax``, ``cutoffs``,
-    ``div_value`` and ``lr`` set the model's and the optimizer's fields of those names.
+    Saved as the run folder's ``config.json`` and in every checkpoint. ``model`` holds what every
+    model family shares, ``lstm`` and ``fwm`` the families' own settings (``model.arch`` picks the
+    family, :mod:`fastbind.models.registry`). The short keys ``arch``, ``head``, ``gamma``, ``T``,
+    ``objective``, ``emb_dim``, ``tied``, ``softmax``, ``cutoffs``, ``div_value``, ``hidden`` and ``lr``
+    set the fields of those names in ``model``, ``lstm`` and ``optim``; the keys of the single
+    ``model`` section of earlier versions (``model.hidden``, ``model.fwm_size`` ...) still work.
     ``gamma=auto`` / ``T=auto`` and the adaptive softmax's default ``cutoffs`` are resolved from
     the training counts (:func:`resolve_auto`) and saved as numbers.
     """
@@ -80,10 +84,14 @@ class LMTrainConfig:
     buckets: tuple[int, ...] = DEFAULT_EDGES
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
-    model: LMConfig = alias("arch", "head", "gamma", "T", "objective", "hidden", "emb_dim", "tied", "softmax",
-                            "cutoffs", "div_value", default_factory=LMConfig)
+    model: ModelConfig = alias("arch", "head", "gamma", "T", "objective", "emb_dim", "tied", "softmax", "cutoffs",
+                               "div_value", default_factory=ModelConfig)
+    lstm: LSTMConfig = alias("hidden", default_factory=LSTMConfig)
+    fwm: FWMConfig = field(default_factory=FWMConfig)
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = MODEL_RENAMED
 
 
 def load_data(cfg: LMTrainConfig) -> Corpus:
@@ -113,16 +121,16 @@ def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
     return replace(cfg, model=model)
 
 
-def build_model(cfg: LMTrainConfig, vocab_size: int) -> LSTMLM:
-    """The (untrained) model of ``cfg`` for a vocabulary of ``vocab_size`` types."""
-    return LSTMLM(replace(cfg.model, vocab_size=vocab_size))
+def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
+    """The (untrained) model of ``cfg`` (the family ``cfg.model.arch``) for a vocabulary of ``vocab_size`` types."""
+    return build_lm(cfg, vocab_size)
 
 
 class LMRun(NamedTuple):
     """A trained run loaded back (unpacks as ``cfg, model, corpus, checkpoint``)."""
 
     cfg: LMTrainConfig
-    model: LSTMLM
+    model: LanguageModel
     corpus: Corpus
     checkpoint: dict[str, Any]
 
@@ -288,7 +296,7 @@ def train(cfg: LMTrainConfig) -> dict:
     # ---- resume check before anything is written
     if ck is not None:
         saved = from_dict(LMTrainConfig, ck["config"])
-        for name in ("model", "data", "batch_size", "bptt", "carry_state", "seed"):
+        for name in ("model", "lstm", "fwm", "data", "batch_size", "bptt", "carry_state", "seed"):
             if to_dict(saved).get(name) != to_dict(cfg).get(name):
                 raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
                                 f"use another out= or the same settings to resume")

@@ -3,13 +3,22 @@ import torch
 import torch.nn.functional as F
 
 from fastbind import HebbianSoftmax
-from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
+from fastbind.models.language_model import detach_state
+from fastbind.models.lstm_lm import LSTMConfig, LSTMLM
+from fastbind.models.registry import ModelConfig
+
+LSTM_KEYS = {"hidden", "layers", "input_dropout", "dropout", "layer_norm"}
+
+
+def lstm_lm(**kw) -> LSTMLM:
+    """An LSTMLM from the keys of both sections (model and lstm), as a command line sets them."""
+    return LSTMLM(ModelConfig(**{k: v for k, v in kw.items() if k not in LSTM_KEYS}),
+                  LSTMConfig(**{k: v for k, v in kw.items() if k in LSTM_KEYS}))
 
 
 def make(**kw):
     torch.manual_seed(0)
-    cfg = LMConfig(vocab_size=50, emb_dim=16, hidden=16, **kw)
-    return LSTMLM(cfg)
+    return lstm_lm(vocab_size=50, emb_dim=16, hidden=16, **kw)
 
 
 def test_shapes_and_tying():
@@ -45,15 +54,15 @@ def test_hebbian_head_memorizes_into_tied_embedding():
 
 def test_untied_and_projection():
     torch.manual_seed(0)
-    m = LSTMLM(LMConfig(vocab_size=30, emb_dim=8, hidden=12, tied=False))
+    m = lstm_lm(vocab_size=30, emb_dim=8, hidden=12, tied=False)
     assert m.head.weight is not m.embedding.weight and m(torch.zeros(1, 3, dtype=torch.long)).hidden.shape[-1] == 12
-    m = LSTMLM(LMConfig(vocab_size=30, emb_dim=8, hidden=12, tied=True))
+    m = lstm_lm(vocab_size=30, emb_dim=8, hidden=12, tied=True)
     assert m.head.weight is m.embedding.weight and m(torch.zeros(1, 3, dtype=torch.long)).hidden.shape[-1] == 8
 
 
 def test_defaults_are_the_measured_ones():
     # docs/RESULTS.md, PTB screen: untied, T = 100, γ = 0.05 (the paper's defaults were tied, 500, 0.25).
-    cfg = LMConfig()
+    cfg = ModelConfig()
     assert (cfg.tied, cfg.T, cfg.gamma, cfg.objective) == (False, 100, 0.05, "l2")
     head = HebbianSoftmax(4, 3)
     assert (head.T, head.gamma, head.objective) == (100, 0.05, "l2")
@@ -61,9 +70,9 @@ def test_defaults_are_the_measured_ones():
 
 def test_bad_config_and_input():
     with pytest.raises(ValueError, match="vocab_size"):
-        LSTMLM(LMConfig())
+        lstm_lm()
     with pytest.raises(ValueError, match="head"):
-        LSTMLM(LMConfig(vocab_size=5, head="adaptive"))
+        lstm_lm(vocab_size=5, head="adaptive")
     with pytest.raises(ValueError, match="batch, length"):
         make()(torch.zeros(4, dtype=torch.long))
 
@@ -109,57 +118,6 @@ def test_memorize_is_a_no_op_for_softmax(count_only):
     assert _states_equal(m.state_dict(), before)
 
 
-# --------------------------------------------------------------------------- arch=fwm
-
-
-def fwm_model(**kw) -> LSTMLM:
-    torch.manual_seed(0)
-    cfg = dict(vocab_size=30, arch="fwm", emb_dim=12, hidden=12, fwm_size=4, fwm_hops=2, input_dropout=0.0,
-               dropout=0.0)
-    return LSTMLM(LMConfig(**{**cfg, **kw}))
-
-
-def test_fwm_state_carries_the_fast_weights_and_chunks_equal_one_pass():
-    m = fwm_model().eval()
-    x = torch.randint(0, 30, (3, 17))
-    whole = m(x)
-    h, c, fw = whole.state
-    assert h.shape == c.shape == (1, 3, 12) and fw.shape == (3, 4, 4, 4)
-    assert whole.fwm_norm.shape == (3, 17)
-    a = m(x[:, :6])
-    b = m(x[:, 6:], detach_state(a.state))
-    torch.testing.assert_close(torch.cat([a.logits, b.logits], 1), whole.logits, rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.state[2], fw, rtol=0, atol=1e-6)
-    zero = m(x, m.init_state(3))
-    torch.testing.assert_close(zero.logits, whole.logits, rtol=0, atol=0)
-
-
-def test_fwm_adds_the_memory_read_to_the_lstm_output():
-    m = fwm_model(fwm_residual=True).eval()
-    x = torch.randint(0, 30, (2, 5))
-    with torch.no_grad():
-        out = m(x)
-        z, _ = m.lstm(m.embedding(x))
-        read = m.fwm(z).out - z  # what the memory adds
-    torch.testing.assert_close(out.hidden, z + read, rtol=0, atol=1e-6)
-    assert float(read.abs().max()) > 0
-    H = 12  # the authors' cell starts its forget gate at +1
-    b_ih, b_hh = m.lstm.bias_ih_l0.detach(), m.lstm.bias_hh_l0.detach()
-    assert torch.equal(b_ih[H:2 * H], torch.ones(H)) and float(b_hh[H:2 * H].abs().max()) == 0
-
-
-def test_fwm_state_of_the_wrong_arity_is_refused():
-    m = fwm_model()
-    x = torch.randint(0, 30, (2, 5))
-    lstm_only = LSTMLM(LMConfig(vocab_size=30, emb_dim=12, hidden=12))
-    with pytest.raises(ValueError, match=r"\(h, c, F\)"):
-        m(x, lstm_only.init_state(2))
-    with pytest.raises(ValueError, match=r"\(h, c\)"):
-        lstm_only(x, m.init_state(2))
-    with pytest.raises(ValueError, match="arch"):
-        LSTMLM(LMConfig(vocab_size=30, arch="gru"))
-
-
 # --------------------------------------------------------------------------- softmax=adaptive
 
 
@@ -167,7 +125,7 @@ def adaptive_model(**kw) -> LSTMLM:
     torch.manual_seed(0)
     cfg = dict(vocab_size=40, emb_dim=12, hidden=12, softmax="adaptive", cutoffs=(5, 20), div_value=2.0,
                input_dropout=0.0, dropout=0.0)
-    return LSTMLM(LMConfig(**{**cfg, **kw}))
+    return lstm_lm(**{**cfg, **kw})
 
 
 @pytest.mark.parametrize("head", ["softmax", "hebbian"])
@@ -214,19 +172,3 @@ def test_adaptive_settings_are_checked():
         adaptive_model(head="hebbian", objective="svm")
     with pytest.raises(ValueError, match="MbPA"):
         adaptive_model().output_layer()
-
-
-def test_fwm_model_gradients_match_finite_differences():
-    torch.manual_seed(5)
-    m = LSTMLM(LMConfig(vocab_size=7, arch="fwm", emb_dim=3, hidden=3, fwm_size=2, fwm_hops=2,
-                        input_dropout=0.0, dropout=0.0)).double()
-    m.fwm.chunk = 2  # two blocks over the 4 steps
-    x, y = torch.randint(0, 7, (2, 4)), torch.randint(0, 7, (2, 4))
-    names = [n for n, _ in m.named_parameters()]
-
-    def loss(*params):
-        out = torch.func.functional_call(m, dict(zip(names, params)), (x,), {"targets": y})
-        return out.nll.sum() + out.state[2].pow(2).sum()
-
-    params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
-    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-6)

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from fastbind.cli import main as cli
-from fastbind.training.checkpoint import load_checkpoint
+from fastbind.data.babi import IGNORE_INDEX, CatbAbIStream, load_babi
+from fastbind.models.lstm_lm import LSTMLM
+from fastbind.models.registry import FAMILIES, Family
+from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
 
 PEOPLE = ["mary", "john", "sandra", "daniel"]
 PLACES = ["garden", "kitchen", "office", "hallway", "bathroom"]
@@ -91,7 +94,7 @@ def test_dry_run_trains_validates_and_tests(tmp_path, release, arch, mode, capsy
     assert "| qa8 |" in md and "**mean**" in md
     ck = load_checkpoint(run / "last.pt")
     assert ck["step"] == 20 and (len(ck["state"]) == 3) == (arch == "fwm")
-    assert ck["config"]["model"]["fwm_residual"] is False  # the authors' catbAbI model reads from the memory alone
+    assert ck["config"]["fwm"]["residual"] is False  # the authors' catbAbI model reads from the memory alone
 
 
 @pytest.mark.parametrize("mode", ["qa", "lm"])
@@ -131,6 +134,46 @@ def test_resume_refuses_a_changed_data_set(tmp_path, release, capsys):
     err = capsys.readouterr().err.strip()
     assert "different vocabulary" in err and "types" in err and len(err.splitlines()) == 1
     assert load_checkpoint(run / "last.pt")["step"] == 3  # nothing was overwritten
+
+
+@pytest.mark.parametrize("mode", ["qa", "lm"])
+def test_hebbian_head_memorizes_exactly_the_trained_targets(tmp_path, release, mode):
+    run, steps = tmp_path / "run", 7
+    assert catbabi(run, release, "arch=lstm", f"mode={mode}", "model.head=hebbian", "model.T=3", "model.gamma=0.5",
+                   f"max_steps={steps}", "eval_every=0") == 0
+    # The targets the loss trained on: the answers (qa) or every next token (lm), never IGNORE_INDEX.
+    data = load_babi(str(release), seed=0, valid_fraction=0.1)
+    stream = CatbAbIStream(data.train, data.vocab, batch_size=4, seg_len=24, mode=mode, seed=0)
+    expected = torch.zeros(len(data.vocab), dtype=torch.long)
+    for _ in range(steps):
+        _, y, _, _ = stream.next_segment()
+        expected += torch.bincount(y[y != IGNORE_INDEX], minlength=len(data.vocab))
+    counts = load_checkpoint(run / "last.pt")["model"]["head.counts"]
+    assert int(expected.sum()) > 0 and torch.equal(counts.long(), expected)
+
+
+def test_settings_catbabi_cannot_run_are_refused_in_one_line(tmp_path, release, monkeypatch, capsys):
+    # A registered family without a state carried across segments (a transformer, later) is refused.
+    monkeypatch.setitem(FAMILIES, "transformer", Family(LSTMLM, ("lstm",)))
+    for items, message in ((["arch=transformer"], "arch=transformer is not supported (no state across segments)"),
+                           (["model.head=hebbian", "model.gamma=auto"], "needs numbers for gamma and T")):
+        assert catbabi(tmp_path / "run", release, *items) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_with_one_model_section_resumes(tmp_path, release):
+    # Checkpoints of earlier versions hold every model setting under "model" (model.hidden, model.fwm_size ...).
+    run = tmp_path / "r"
+    assert catbabi(run, release, "max_steps=3", "eval_every=0") == 0
+    ck = load_checkpoint(run / "last.pt")
+    lstm, fwm = ck["config"].pop("lstm"), ck["config"].pop("fwm")
+    ck["config"]["model"].update({**lstm, **{f"fwm_{k}": v for k, v in fwm.items()}})
+    save_checkpoint(run / "last.pt", ck)
+    (run / "config.json").write_text(json.dumps(ck["config"]))
+    assert catbabi(run, release, "max_steps=6", "eval_every=0") == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 6
 
 
 @pytest.mark.parametrize("setup,match", [

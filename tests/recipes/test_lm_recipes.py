@@ -78,7 +78,7 @@ def test_resume_refuses_different_model(tmp_path, capsys):
     before = (run / "last.pt").read_bytes()
     assert train(run, "max_steps=8", "hidden=32") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different 'model'" in err[0]
+    assert len(err) == 1 and "different 'lstm" in err[0]  # hidden is in the lstm section
     assert (run / "last.pt").read_bytes() == before
 
 
@@ -203,7 +203,7 @@ def test_presets_resolve_by_name(name):
     cfg, rest = parse_cli(["--config", name, "max_steps=7"], LMTrainConfig)
     assert rest == [] and cfg.max_steps == 7
     if name == "wikitext103-paper":
-        assert (cfg.batch_size, cfg.bptt, cfg.model.hidden, cfg.model.T, cfg.model.gamma) == (512, 100, 2048, 500, 0.25)
+        assert (cfg.batch_size, cfg.bptt, cfg.lstm.hidden, cfg.model.T, cfg.model.gamma) == (512, 100, 2048, 500, 0.25)
         assert cfg.model.tied and cfg.optim.name == "rmsprop" and not cfg.carry_state
 
 

@@ -164,7 +164,7 @@ def answer_accuracy(model, segments, *, device: torch.device, num_tasks: int = 2
     only in QA mode, every token in LM mode).
 
     Args:
-        model: returns :class:`~fastbind.models.lstm_lm.LMOutput` for ``(x, state)``.
+        model: returns :class:`~fastbind.models.language_model.LMOutput` for ``(x, state)``.
         segments: an iterable of :class:`~fastbind.data.babi.BabiSegment` (``x, y, task,
             answer``, each ``(B, L)``), e.g. a :class:`~fastbind.data.babi.CatbAbIEvalStream`.
         device: where the model runs.

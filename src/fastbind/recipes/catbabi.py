@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,31 +33,40 @@ from tqdm.auto import tqdm
 from fastbind.data.babi import IGNORE_INDEX, NUM_TASKS, CatbAbIEvalStream, CatbAbIStream, load_babi
 from fastbind.errors import UserError
 from fastbind.evaluation import answer_accuracy
-from fastbind.models.lstm_lm import LMConfig, LSTMLM, detach_state
+from fastbind.models.language_model import detach_state
+from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, build_lm
 from fastbind.runs import RunFolder
 from fastbind.training.checkpoint import rng_state, set_rng_state
-from fastbind.training.config import alias, parse_cli, to_dict
+from fastbind.training.config import alias, from_dict, parse_cli, to_dict
 from fastbind.training.distributed import DistInfo, resolve_device
 from fastbind.training.optim import OptimConfig, build_optimizer, clip_grad
 from fastbind.training.seed import seed_everything
 
 RESULTS = "results"  # results.json / results.md in the run folder
 
+# The model families catbabi runs: each row of the batch is one endless stream of stories, so the
+# model must carry a state across segments (arch=lstm: (h, c); arch=fwm: also the fast weights).
+ARCHS = ("lstm", "fwm")
 
-def _model_defaults() -> LMConfig:
-    # The authors' catbAbI model: embedding and LSTM 256, no dropout, F of 32 × 32 × 32, 3 reads, and
-    # the output read from the memory alone (their catbAbI scripts turn the residual off; with it,
-    # QA mode learned markedly slower here and LM mode somewhat faster: docs/RESULTS.md, "catbAbI").
-    return LMConfig(arch="fwm", emb_dim=256, hidden=256, input_dropout=0.0, dropout=0.0, tied=False,
-                    fwm_residual=False)
+
+def _check_model(cfg: CatbAbIConfig) -> None:
+    """Model settings catbabi cannot run, refused in one line before any work."""
+    if cfg.model.arch not in ARCHS:
+        raise UserError(f"arch={cfg.model.arch} is not supported (no state across segments)")
+    if cfg.model.head == "hebbian" and "auto" in (cfg.model.gamma, cfg.model.T):
+        raise UserError("head=hebbian needs numbers for gamma and T here (auto is resolved by lm-train)")
 
 
 @dataclass
 class CatbAbIConfig:
     """Settings of ``fastbind catbabi`` (every field is a ``key=value`` override).
 
-    ``arch``, ``hidden``, ``emb_dim`` and ``lr`` set the model's and the optimizer's fields of
-    those names; ``model.fwm_size``, ``model.fwm_hops`` and ``model.fwm_residual`` the memory.
+    ``arch``, ``emb_dim``, ``hidden`` and ``lr`` set the fields of those names in ``model``,
+    ``lstm`` and ``optim``; ``fwm.size``, ``fwm.hops`` and ``fwm.residual`` the memory (also
+    under their earlier names ``model.fwm_size``, ``model.fwm_hops``, ``model.fwm_residual``).
+    The defaults are the authors' catbAbI model: embedding and LSTM 256, no dropout, F of
+    32 × 32 × 32, 3 reads, and the output read from the memory alone (their catbAbI scripts turn
+    the residual off; docs/RESULTS.md, "catbAbI", compares both).
     """
 
     out: str = "runs/catbabi"  # run folder: config, vocab, metrics, checkpoints, results
@@ -78,9 +87,13 @@ class CatbAbIConfig:
     compile: bool = False  # arch=fwm: torch.compile the fast-weight blocks (minutes to compile, then faster)
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
-    model: LMConfig = alias("arch", "hidden", "emb_dim", default_factory=_model_defaults)
+    model: ModelConfig = alias("arch", "emb_dim", default_factory=lambda: ModelConfig(arch="fwm", emb_dim=256))
+    lstm: LSTMConfig = alias("hidden", default_factory=lambda: LSTMConfig(hidden=256, input_dropout=0.0, dropout=0.0))
+    fwm: FWMConfig = field(default_factory=lambda: FWMConfig(residual=False))
     # The authors: Adam 1e-3, no gradient clipping.
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=1e-3, clip=0.0))
+
+    RENAMED: ClassVar[dict[str, str]] = MODEL_RENAMED
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.seg_len < 1 or self.max_steps < 1:
@@ -107,6 +120,7 @@ def results_markdown(record: dict) -> str:
 
 def train(cfg: CatbAbIConfig) -> dict:
     """Run (or resume) training; returns the summary written to ``out/summary.json``."""
+    _check_model(cfg)
     device = resolve_device(cfg.device, DistInfo())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -114,7 +128,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     ck, ck_path = None, None
     if run.has_checkpoint("last"):
         ck, ck_path = run.load_checkpoint("last", map_location=device)
-        saved, now = ck["config"], to_dict(cfg)
+        saved, now = to_dict(from_dict(CatbAbIConfig, ck["config"])), to_dict(cfg)  # older layouts renamed
         changed = [k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k]]
         if changed:
             raise UserError(f"{run.path} holds a run with a different '{changed[0]}' ({saved.get(changed[0])!r}); "
@@ -124,8 +138,8 @@ def train(cfg: CatbAbIConfig) -> dict:
         print(f"catbabi: {note}", flush=True)
     digest = data.vocab.check_checkpoint(ck, ck_path, cfg.data)
     seed_everything(cfg.seed)
-    model = LSTMLM(replace(cfg.model, vocab_size=len(data.vocab))).to(device)
-    if cfg.compile and model.fwm is not None:
+    model = build_lm(cfg, len(data.vocab)).to(device)
+    if cfg.compile and cfg.model.arch == "fwm":
         model.fwm.compiled = True
     opt = build_optimizer(model.parameters(), cfg.optim)
     stream = CatbAbIStream(data.train, data.vocab, batch_size=cfg.batch_size, seg_len=cfg.seg_len, mode=cfg.mode,
@@ -185,6 +199,8 @@ def train(cfg: CatbAbIConfig) -> dict:
             loss.backward()
             clip_grad(model.parameters(), cfg.optim)
             opt.step()
+            # A Hebbian head memorizes the targets the loss used: y is IGNORE_INDEX (skipped) elsewhere.
+            model.memorize(out.hidden.detach(), y)
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
         state = detach_state(out.state)
         hits += int((out.logits[answer].argmax(-1) == y[answer]).sum())

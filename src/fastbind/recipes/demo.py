@@ -37,7 +37,7 @@ from fastbind.data.synthetic import SyntheticConfig, token_nll
 from fastbind.errors import BadSetting, UserError
 from fastbind.evaluation.sweep import SweepConfig
 from fastbind.lm import LMEvalConfig, LMTrainConfig, evaluate_run, load_data, sweep_run, train
-from fastbind.models.lstm_lm import LMConfig
+from fastbind.models.registry import LSTMConfig, ModelConfig
 from fastbind.recipes.report import build_report
 from fastbind.training.config import parse_cli, resolve_key
 
@@ -49,7 +49,8 @@ def demo_train_defaults() -> LMTrainConfig:
         max_steps=500,
         eval_every=100,
         eval_max_tokens=10000,
-        model=LMConfig(emb_dim=128, hidden=128, tied=False, T=100, gamma=0.05, objective="ip"),
+        model=ModelConfig(emb_dim=128, tied=False, T=100, gamma=0.05, objective="ip"),
+        lstm=LSTMConfig(hidden=128),
         synthetic=SyntheticConfig(background_vocab=5000, entity_pool=5000, train_tokens=600_000,
                                   valid_tokens=30_000, test_tokens=50_000),
     )
