@@ -10,7 +10,7 @@ import pytest
 
 from fastbind import cli
 from fastbind.errors import UserError
-from fastbind.recipes.report import build_report, format_ppl, markdown_table, read_run
+from fastbind.report.lm import build_report, format_ppl, markdown_table, read_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUCKETS = [">10K", "1K-10K", "100-1K", "<100"]

@@ -38,7 +38,7 @@ from fastbind.models.lstm_lm import LMConfig
 from fastbind.recipes.lm_eval import LMEvalConfig, run_eval
 from fastbind.recipes.lm_sweep import SweepConfig, sweep
 from fastbind.recipes.lm_train import train
-from fastbind.recipes.report import build_report
+from fastbind.report.lm import build_report
 from fastbind.training.buckets import BucketedNLL
 from fastbind.training.config import parse_cli, resolve_key
 
