@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastbind import __version__
 from fastbind.data.vocab import Vocabulary
 from fastbind.errors import UserError
-from fastbind import __version__
 from fastbind.runs import BASE_VARIANT, MARKER_FILE, RunFolder, eval_name, eval_record, metrics_by_step
 
 

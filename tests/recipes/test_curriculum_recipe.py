@@ -120,3 +120,16 @@ def test_missing_data_and_changed_settings(data, tmp_path, capsys, omniglot_zip)
     other = omniglot_zip(tmp_path / "other" / "a.zip", "images_background", {"Greek": 5, "Korean": 4})
     assert cli(tiny(other.parent, tmp_path / "c", "head=softmax", "max_steps=10")) == 2
     assert "other Omniglot classes" in capsys.readouterr().err
+
+
+def test_runs_and_their_parent_name_the_recipe(data, tmp_path):
+    from fastbind.runs import RunFolder
+
+    assert cli(tiny(data, tmp_path / "c", "head=softmax,hebbian", "max_steps=5")) == 0
+    parent = RunFolder(tmp_path / "c")
+    subs = parent.subruns()
+    assert len(subs) == 2
+    for folder in (parent, *subs):
+        assert json.loads((folder.path / "run.json").read_text())["recipe"] == "curriculum"
+        assert folder.recipe() == "curriculum"
+    assert not (parent.path / "config.json").exists()  # the combinations' settings stay in their sub-runs
