@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastbind import __version__
 from fastbind.data.vocab import Vocabulary
 from fastbind.errors import UserError
-from fastbind.runs import BASE_VARIANT, RunFolder, eval_name, eval_record, metrics_by_step
+from fastbind.runs import BASE_VARIANT, MARKER_FILE, RunFolder, eval_name, eval_record, metrics_by_step
 
 
 @dataclasses.dataclass
@@ -153,6 +154,85 @@ def test_non_writer_writes_nothing(tmp_path: Path) -> None:
         log.log(1, {"loss": 1.0})
     assert run.sub("s").save_config(Cfg()) is None
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- the recipe marker
+
+
+def test_save_config_with_recipe_writes_the_marker_and_the_same_config(tmp_path: Path) -> None:
+    plain, marked = RunFolder(tmp_path / "plain", writer=True), RunFolder(tmp_path / "marked", writer=True)
+    assert plain.save_config(Cfg()) == plain.path / "config.json"
+    assert marked.save_config(Cfg(), recipe="lm-train") == marked.path / "config.json"
+    assert (marked.path / "config.json").read_bytes() == (plain.path / "config.json").read_bytes()
+    assert json.loads((marked.path / MARKER_FILE).read_text()) == {"recipe": "lm-train", "fastbind": __version__}
+    assert not (plain.path / MARKER_FILE).exists()
+    assert marked.recipe() == "lm-train" and marked.load_config(Cfg) == Cfg()
+    assert marked.result_names() == []  # the marker is not a result
+
+
+def test_marker_wins_over_the_settings_and_names_any_recipe(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path, writer=True)
+    run.save_config(Cfg(), recipe="meta-rl")  # a family this version has no reader for
+    assert run.recipe() == "meta-rl"
+    (tmp_path / "config.json").write_text(json.dumps({"seg_len": 24, "mode": "qa", "model": {}}))
+    assert run.recipe() == "meta-rl"
+    run.mark("catbabi")
+    assert run.recipe() == "catbabi"
+
+
+@pytest.mark.parametrize("name", ["", "LM", "lm train", "lm-", "-lm", "../x", "lm_train"])
+def test_marker_names_a_recipe_like_a_command(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="named like a command"):
+        RunFolder(tmp_path, writer=True).save_config(Cfg(), recipe=name)
+    assert not (tmp_path / MARKER_FILE).exists()
+
+
+@pytest.mark.parametrize("text,message", [("{oops", "cannot parse"), ("[1]", "must contain a JSON object"),
+                                          ('{"fastbind": "0.1.0"}', "does not name the recipe"),
+                                          ('{"recipe": 3}', "does not name the recipe")])
+def test_damaged_marker_is_a_user_error(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / MARKER_FILE).write_text(text)
+    with pytest.raises(UserError, match=message):
+        RunFolder(tmp_path).recipe()
+
+
+def test_non_writer_writes_no_marker(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "run", writer=False)
+    assert run.save_config(Cfg(), recipe="lm-train") is None and run.mark("curriculum") is None
+    assert not (tmp_path / "run").exists()
+
+
+def _unmarked(path: Path, config: dict) -> RunFolder:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return RunFolder(path)
+
+
+def test_unmarked_folders_of_this_version_are_recognised_by_their_settings(tmp_path: Path) -> None:
+    from fastbind.lm import LMTrainConfig
+    from fastbind.recipes.catbabi import CatbAbIConfig
+    from fastbind.recipes.curriculum import CurriculumConfig
+    from fastbind.training.config import to_dict
+
+    for recipe, cfg in [("lm-train", LMTrainConfig()), ("catbabi", CatbAbIConfig()), ("curriculum", CurriculumConfig())]:
+        run = _unmarked(tmp_path / f"{recipe}-{type(cfg).__name__}", to_dict(cfg))
+        assert run.recipe() == recipe, type(cfg).__name__
+
+
+def test_unmarked_folders_written_by_hand_or_older_versions(tmp_path: Path) -> None:
+    assert _unmarked(tmp_path / "lm", {"data": "ptb", "model": {"head": "softmax"}}).recipe() == "lm-train"
+    assert _unmarked(tmp_path / "cb", {"seg_len": 24, "mode": "qa", "model": {"arch": "fwm"}}).recipe() == "catbabi"
+    assert _unmarked(tmp_path / "omni" / "softmax-s0", {"start_classes": 30, "new_classes": 5}).recipe() == "curriculum"
+    _unmarked(tmp_path / "omni" / "softmax-s1", {"start_classes": 30, "new_classes": 5})
+    (tmp_path / "omni" / "report").mkdir()
+    assert RunFolder(tmp_path / "omni").recipe() == "curriculum"  # no settings of its own: what its sub-runs are
+    assert _unmarked(tmp_path / "other", {"name": "x"}).recipe() is None
+    (tmp_path / "bare").mkdir()
+    assert RunFolder(tmp_path / "bare").recipe() is None and RunFolder(tmp_path / "missing").recipe() is None
+    mixed = RunFolder(tmp_path / "mixed", writer=True)
+    mixed.sub("a").save_config(Cfg(), recipe="lm-train")
+    mixed.sub("b").save_config(Cfg(), recipe="catbabi")
+    assert mixed.recipe() is None
 
 
 # --------------------------------------------------------------------------- evaluation records

@@ -323,7 +323,7 @@ def train(cfg: LMTrainConfig) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     stream = ChunkStream(corpus.train, cfg.batch_size, cfg.bptt, info.rank, info.world_size)
-    run.save_config(cfg)
+    run.save_config(cfg, recipe="lm-train")
     if run.writer:
         corpus.vocab.save(out / "vocab.txt")
     log = run.metrics_writer(cfg.tensorboard)

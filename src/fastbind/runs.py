@@ -5,6 +5,7 @@ Every recipe keeps what it produces in a run folder, and every reader (``lm-eval
 layout and one owner::
 
     RUN_DIR/
+      run.json           which recipe made the run: {"recipe": "lm-train", "fastbind": "0.1.0"}
       config.json        the resolved settings of the recipe that made the run
       metrics.jsonl      one JSON line per logged step (appended; a resumed run continues it)
       summary.json       the state of training at the end of the last invocation
@@ -16,7 +17,7 @@ layout and one owner::
 Example::
 
     run = RunFolder("runs/ptb-hebb")
-    run.save_config(cfg)                      # config.json
+    run.save_config(cfg, recipe="lm-train")   # config.json and run.json
     with run.metrics_writer() as log:
         log.log(step, {"val/ppl": 123.4})
     run.save_checkpoint("last", state)        # last.pt
@@ -24,6 +25,12 @@ Example::
     run.write_eval(eval_record(variants, split="test", step=step))   # eval-test.json
     run.write_result("sweep-valid", result)   # any other result: sweep-valid.json
     cfg = run.load_config(LMTrainConfig)      # UserError when it is not a run folder
+    run.recipe()                              # "lm-train": which recipe's reader applies
+
+``run.json`` is what readers dispatch on (``fastbind report`` picks the report of the
+recipe's family from it): a new kind of experiment names itself there and needs nothing
+from this module. ``config.json`` keeps the settings alone, so readers of older versions
+still work.
 
 Only the primary rank writes (``writer=False`` elsewhere, or the distributed helper's
 ``is_primary``); every file is written atomically, so a reader never sees half a file and
@@ -35,9 +42,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fastbind import __version__
 from fastbind._io import atomic_write
 from fastbind.errors import UserError
 from fastbind.training import distributed
@@ -45,11 +54,13 @@ from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
 from fastbind.training.config import from_dict, to_dict
 from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
 
-__all__ = ["BASE_VARIANT", "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "eval_name", "eval_record",
-           "metrics_by_step", "variant_settings_layout"]
+__all__ = ["BASE_VARIANT", "CONFIG_FILE", "MARKER_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "eval_name",
+           "eval_record", "metrics_by_step", "variant_settings_layout"]
 
 CONFIG_FILE = "config.json"
+MARKER_FILE = "run.json"  # {"recipe": <the command that made the run>, "fastbind": <its version>}
 SUMMARY_FILE = "summary.json"
+_RECIPE_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")  # a command's name: lm-train, catbabi
 
 BASE_VARIANT = "model"  # the evaluation variant that is the model alone (no cache, no MbPA)
 _RESULT_KEYS = ("ppl", "nll", "tokens", "buckets")  # a bucketed perplexity result
@@ -99,9 +110,57 @@ class RunFolder:
 
     # ------------------------------------------------------------------ config
 
-    def save_config(self, cfg: Any) -> Path | None:
-        """Write the resolved settings (a config dataclass) as ``config.json``."""
-        return self._write_json(CONFIG_FILE, to_dict(cfg))
+    def save_config(self, cfg: Any, *, recipe: str | None = None) -> Path | None:
+        """Write the resolved settings (a config dataclass) as ``config.json``.
+
+        Args:
+            cfg: The settings.
+            recipe: The command that made the run (``"lm-train"``); every recipe passes it,
+                so readers know the folder without looking at its settings (see :meth:`mark`).
+        """
+        path = self._write_json(CONFIG_FILE, to_dict(cfg))
+        if recipe is not None:
+            self.mark(recipe)
+        return path
+
+    def mark(self, recipe: str) -> Path | None:
+        """Write ``run.json``, naming the recipe that made the folder and this fastbind's version.
+
+        :meth:`save_config` calls it; a folder that holds sub-runs and no settings of its own
+        (a curriculum's ``out``) is marked alone, so it is recognised like its sub-runs.
+        """
+        if not _RECIPE_NAME.fullmatch(recipe):
+            raise ValueError(f"a recipe is named like a command (lm-train, catbabi), got {recipe!r}")
+        return self._write_json(MARKER_FILE, {"recipe": recipe, "fastbind": __version__})
+
+    def recipe(self) -> str | None:
+        """The recipe that made the folder: ``"lm-train"``, ``"curriculum"``, ``"catbabi"``, ...
+
+        Read from ``run.json``. Folders written before that file existed are recognised by
+        their settings, here and nowhere else; the rules cover the recipes of that time only,
+        since every recipe since writes its name. A folder with no settings of its own is
+        what all its sub-runs are. None when nothing tells.
+
+        Raises:
+            UserError: ``run.json`` is unreadable or names no recipe.
+        """
+        marker = self._read_object(MARKER_FILE)
+        if marker is not None:
+            name = marker.get("recipe")
+            if not isinstance(name, str) or not name:
+                raise UserError(f"{str(self.path / MARKER_FILE)!r} does not name the recipe that made the run")
+            return name
+        config = self.config_dict()
+        if config is None:
+            kinds = {sub.recipe() for sub in self.subruns()}
+            return kinds.pop() if len(kinds) == 1 else None
+        if "seg_len" in config and "mode" in config:
+            return "catbabi"
+        if "start_classes" in config:
+            return "curriculum"
+        if isinstance(config.get("model"), dict):
+            return "lm-train"
+        return None
 
     def config_dict(self) -> dict[str, Any] | None:
         """``config.json`` as a dict, or None when there is none."""
@@ -177,7 +236,7 @@ class RunFolder:
 
     def result_names(self, pattern: str = "*") -> list[str]:
         """Names (without ``.json``) of the result files matching ``pattern``, sorted."""
-        skip = {CONFIG_FILE, SUMMARY_FILE}
+        skip = {CONFIG_FILE, MARKER_FILE, SUMMARY_FILE}
         return sorted(p.stem for p in self.path.glob(f"{pattern}.json") if p.is_file() and p.name not in skip)
 
     def write_eval(self, record: dict[str, Any], *, tag: str = "") -> Path | None:

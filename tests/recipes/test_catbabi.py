@@ -237,3 +237,11 @@ def test_report_puts_catbabi_runs_side_by_side(tmp_path, release, capsys):
     capsys.readouterr()
     assert cli(["report", str(runs[0]), str(lm)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_run_names_its_recipe(tmp_path, release):
+    from fastbind.runs import RunFolder
+
+    assert catbabi(tmp_path / "cb", release, "max_steps=2", "eval_every=0") == 0
+    assert json.loads((tmp_path / "cb" / "run.json").read_text())["recipe"] == "catbabi"
+    assert RunFolder(tmp_path / "cb").recipe() == "catbabi"

@@ -27,7 +27,7 @@ def tiny(data, out, *extra):
 @pytest.mark.parametrize("head", ["softmax", "hebbian", "mbpa"])
 def test_dry_run_per_head(data, tmp_path, capsys, head):
     assert cli(tiny(data, tmp_path / "c", f"head={head}", "max_steps=30")) == 0
-    (sub,) = [p for p in (tmp_path / "c").iterdir()]
+    (sub,) = [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
     for name in ("config.json", "metrics.jsonl", "last.pt", "curriculum.json"):
         assert (sub / name).is_file(), name
     rec = json.loads((sub / "curriculum.json").read_text())
@@ -52,7 +52,7 @@ def test_levels_follow_the_stubbed_accuracy(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(recipe, "accuracy", stub)
     assert cli(tiny(data, tmp_path / "c", "head=softmax", "max_steps=60")) == 0
-    (sub,) = list((tmp_path / "c").iterdir())
+    (sub,) = [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
     levels = json.loads((sub / "curriculum.json").read_text())["levels"]
     # Checks every 5 steps: 0.5 (no), 0.7 at step 10 passes level 0 (3 classes); 0.6 at 15 does not
     # pass (equal), 0.61 at 20 passes level 1 (5 classes); 0.2, 0.2, then 0.95 at 35 passes level 2.
@@ -69,8 +69,8 @@ def test_resume_equals_uninterrupted(data, tmp_path, head):
     assert cli(tiny(data, tmp_path / "whole", *extra, "max_steps=40")) == 0
     assert cli(tiny(data, tmp_path / "parts", *extra, "max_steps=17")) == 0
     assert cli(tiny(data, tmp_path / "parts", *extra, "max_steps=40")) == 0
-    (a,) = list((tmp_path / "whole").iterdir())
-    (b,) = list((tmp_path / "parts").iterdir())
+    (a,) = [p for p in (tmp_path / "whole").iterdir() if p.is_dir()]
+    (b,) = [p for p in (tmp_path / "parts").iterdir() if p.is_dir()]
     ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
     for k, v in ca["model"].items():
         assert torch.equal(v, cb["model"][k]), k
@@ -84,7 +84,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, head):
 
 def test_combinations_and_skipping_finished(data, tmp_path, capsys):
     assert cli(tiny(data, tmp_path / "c", "head=softmax,hebbian", "T=5,10", "seeds=0,1", "max_steps=5")) == 0
-    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    names = sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir())
     assert names == ["hebbian-l2-T10-g0.1-lr0.008-b8-s0", "hebbian-l2-T10-g0.1-lr0.008-b8-s1",
                      "hebbian-l2-T5-g0.1-lr0.008-b8-s0", "hebbian-l2-T5-g0.1-lr0.008-b8-s1",
                      "softmax-lr0.008-b8-s0", "softmax-lr0.008-b8-s1"]
@@ -96,7 +96,7 @@ def test_combinations_and_skipping_finished(data, tmp_path, capsys):
 def test_mbpa_settings_name_the_subfolder(data, tmp_path):
     assert cli(tiny(data, tmp_path / "c", "head=mbpa", "max_steps=5", "mbpa.lr=0.5")) == 0
     assert cli(tiny(data, tmp_path / "c", "head=mbpa", "max_steps=5", "mbpa.lambda=0.5")) == 0
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir()) == [
         "mbpa-K8-mlr0.1-lam0.5-mem64-lr0.008-b8-s0", "mbpa-K8-mlr0.5-lam1-mem64-lr0.008-b8-s0"]
     rec = json.loads((tmp_path / "c" / "mbpa-K8-mlr0.1-lam0.5-mem64-lr0.008-b8-s0" / "curriculum.json").read_text())
     assert rec["mbpa"]["lam"] == 0.5 and rec["mbpa"]["k"] == 8
@@ -120,3 +120,16 @@ def test_missing_data_and_changed_settings(data, tmp_path, capsys, omniglot_zip)
     other = omniglot_zip(tmp_path / "other" / "a.zip", "images_background", {"Greek": 5, "Korean": 4})
     assert cli(tiny(other.parent, tmp_path / "c", "head=softmax", "max_steps=10")) == 2
     assert "other Omniglot classes" in capsys.readouterr().err
+
+
+def test_runs_and_their_parent_name_the_recipe(data, tmp_path):
+    from fastbind.runs import RunFolder
+
+    assert cli(tiny(data, tmp_path / "c", "head=softmax,hebbian", "max_steps=5")) == 0
+    parent = RunFolder(tmp_path / "c")
+    subs = parent.subruns()
+    assert len(subs) == 2
+    for folder in (parent, *subs):
+        assert json.loads((folder.path / "run.json").read_text())["recipe"] == "curriculum"
+        assert folder.recipe() == "curriculum"
+    assert not (parent.path / "config.json").exists()  # the combinations' settings stay in their sub-runs

@@ -316,3 +316,21 @@ def test_adaptive_softmax_resolves_cutoffs_and_refuses_mbpa(tmp_path, capsys):
     assert "mbpa=false" in capsys.readouterr().err
     assert cli(["lm-sweep", str(run), "max_tokens=200", "test_max_tokens=200", "sizes=[50]", "thetas=[0.3]",
                 "cache_lambdas=[0.1]", "mbpa=false", "progress=false"]) == 0
+
+
+def _recipe(run: Path) -> str:
+    from fastbind.runs import RunFolder
+
+    marker = json.loads((run / "run.json").read_text())
+    assert set(marker) == {"recipe", "fastbind"}
+    assert RunFolder(run).recipe() == marker["recipe"]
+    return marker["recipe"]
+
+
+def test_lm_train_and_demo_runs_name_their_recipe(tmp_path):
+    assert train(tmp_path / "run", "max_steps=2", "eval_every=0") == 0
+    assert _recipe(tmp_path / "run") == "lm-train"
+    assert "recipe" not in json.loads((tmp_path / "run" / "config.json").read_text())  # settings only
+    out = tmp_path / "demo"
+    assert cli(["demo", f"out={out}", "max_steps=2", "eval_every=0", "memories=false", "parallel=false", *TINY]) == 0
+    assert _recipe(out / "softmax") == "lm-train" and _recipe(out / "hebbian") == "lm-train"

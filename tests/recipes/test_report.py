@@ -10,7 +10,7 @@ import pytest
 
 from fastbind import cli
 from fastbind.errors import UserError
-from fastbind.recipes.report import build_report, format_ppl, markdown_table, read_run
+from fastbind.report.lm import build_report, format_ppl, markdown_table, read_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUCKETS = [">10K", "1K-10K", "100-1K", "<100"]
@@ -248,3 +248,28 @@ def test_bucket_curves_are_read_and_drawn_one_panel_per_bucket(tmp_path: Path) -
     assert "](validation_buckets.png)" in result["markdown"].read_text(encoding="utf-8")
     only_b = build_report([b], tmp_path / "rep_b", title="no buckets")
     assert "validation_buckets" not in only_b and not (tmp_path / "rep_b" / "validation_buckets.png").exists()
+
+
+# --------------------------------------------------------------------------- which report
+
+
+def test_the_marker_chooses_the_report(tmp_path, capsys):
+    # Settings that look like a language-model run, in a folder that says it is a catbAbI run.
+    run = _write_run(tmp_path, "cb", head="softmax", metrics=[{"step": 5, "val/acc": 0.5, "train/acc": 0.25}])
+    (run / "run.json").write_text(json.dumps({"recipe": "catbabi", "fastbind": "0.1.0"}))
+    assert cli.main(["report", str(run), f"out={tmp_path / 'rep'}"]) == 0
+    assert (tmp_path / "rep" / "accuracy.png").is_file() and "| last validation mean | 50.0 |" in capsys.readouterr().out
+
+
+def test_a_recipe_without_a_report_and_mixed_families_are_one_line_errors(runs, tmp_path, capsys):
+    other = _write_run(tmp_path, "rl", head="softmax", metrics=[{"step": 1, "reward": 1.0}])
+    (other / "run.json").write_text(json.dumps({"recipe": "meta-rl", "fastbind": "0.1.0"}))
+    assert cli.main(["report", str(runs[0]), str(other), f"out={tmp_path / 'rep'}"]) == 2
+    assert "`fastbind meta-rl` run, which has no report" in _one_line_error(capsys)
+    omni = tmp_path / "omni"
+    _curriculum_run(omni, "softmax-s0", "softmax", 0, [10])
+    (omni / "run.json").write_text(json.dumps({"recipe": "curriculum", "fastbind": "0.1.0"}))
+    assert cli.main(["report", str(runs[0]), str(runs[1]), str(omni), f"out={tmp_path / 'rep'}"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{runs[0]} holds language-model runs and {omni} Omniglot curriculum runs" in err and "not both" in err
+    assert not (tmp_path / "rep").exists()

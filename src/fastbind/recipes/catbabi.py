@@ -152,7 +152,7 @@ def train(cfg: CatbAbIConfig) -> dict:
         step, best = int(ck["step"]), float(ck["best_valid_mean"])
         state = tuple(t.to(device) for t in ck["state"]) if ck.get("state") is not None else None
         set_rng_state(ck["rng"])
-    run.save_config(cfg)
+    run.save_config(cfg, recipe="catbabi")
     data.vocab.save(run.path / "vocab.txt")
     log = run.metrics_writer(cfg.tensorboard)
 

@@ -217,7 +217,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
         gen.set_state(ck["generator"].cpu())
         if mbpa is not None:
             mbpa.load_state_dict(ck["mbpa"])  # on the device the checkpoint was mapped to
-    run.save_config(cfg)
+    run.save_config(cfg, recipe="curriculum")
 
     def test_set(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = int(te_off[lo]), int(te_off[hi - 1] + te_cnt[hi - 1])
@@ -320,6 +320,7 @@ def run_curriculum(cfg: CurriculumConfig) -> list[dict]:
     if data.num_classes < cfg.start_classes:
         raise UserError(f"{cfg.data} has {data.num_classes} classes, fewer than start_classes={cfg.start_classes}")
     deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    RunFolder(cfg.out).mark("curriculum")  # the parent of the combinations' sub-runs
     results = []
     for one in combinations(cfg):
         done = RunFolder(one.out).read_result("curriculum")

@@ -38,7 +38,7 @@ from fastbind.errors import BadSetting, UserError
 from fastbind.evaluation.sweep import SweepConfig
 from fastbind.lm import LMEvalConfig, LMTrainConfig, evaluate_run, load_data, sweep_run, train
 from fastbind.models.registry import LSTMConfig, ModelConfig
-from fastbind.recipes.report import build_report
+from fastbind.report.lm import build_report
 from fastbind.training.config import parse_cli, resolve_key
 
 
