@@ -14,6 +14,7 @@ training recipe::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ import torch
 
 from fastbind.data import Corpus, load_corpus
 from fastbind.data.synthetic import SyntheticConfig
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.lstm_lm import LMConfig, LSTMLM
@@ -70,6 +71,23 @@ class LMTrainConfig:
                             "cutoffs", "div_value", default_factory=LMConfig)
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any work
+        for name in ("batch_size", "bptt", "max_steps", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, "must be >= 1")
+        for name in ("threads", "max_minutes", "stop_after", "eval_every", "eval_max_tokens", "patience",
+                     "memorize_after"):
+            if not getattr(self, name) >= 0:
+                raise BadSetting(name, "must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise BadSetting("seed", "must lie in [0, 2**32)")
+        if not self.data.strip():
+            raise BadSetting("data", "must name a corpus (synthetic, wikitext-2, ptb, ...) or a folder")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
+        if any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
+            raise BadSetting("buckets", "must be positive and strictly increasing, e.g. [100,1000,10000]")
 
 
 def load_data(cfg: LMTrainConfig) -> Corpus:

@@ -45,8 +45,8 @@ from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
 from fastbind.training.config import from_dict, to_dict
 from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
 
-__all__ = ["BASE_VARIANT", "CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "eval_name", "eval_record",
-           "metrics_by_step"]
+__all__ = ["BASE_VARIANT", "CONFIG_FILE", "FREE_ON_RESUME", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "check_resume",
+           "eval_name", "eval_record", "metrics_by_step"]
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -310,3 +310,36 @@ def metrics_by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         last = step
         merged.setdefault(step, {}).update(row)
     return dict(sorted(merged.items()))
+
+
+# Settings that may change between the invocations ("slices") of one run: where the data lives (each
+# recipe checks the data's content against its checkpoint: vocabulary or class digest), the hardware,
+# the budget and the display. None changes what a step computes, except that a decaying learning-rate
+# schedule (optim.schedule) is laid over the max_steps of the slice running.
+FREE_ON_RESUME = frozenset({"out", "data", "data_dir", "device", "threads", "compile", "max_steps", "max_minutes",
+                            "stop_after", "patience", "checkpoint_every", "test", "log_every", "progress",
+                            "tensorboard"})
+
+
+def check_resume(saved: dict[str, Any], cfg: Any, where: str | os.PathLike[str]) -> None:
+    """Refuse to resume the run at ``where`` (its checkpoint's config ``saved``) under other settings.
+
+    Every recipe calls this before it writes anything: a change outside :data:`FREE_ON_RESUME`
+    (``optim.lr``, the model, ``eval_every``, which ``best.pt`` and ``patience`` count by) would
+    leave ``config.json`` misstating what trained the run. ``saved`` is read with ``from_dict``,
+    so a run saved before a key was added or renamed compares under today's names and defaults.
+
+    Raises:
+        UserError: naming the first changed dotted key and both values.
+    """
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    old, new = flat(to_dict(from_dict(type(cfg), saved))), flat(to_dict(cfg))
+    for key, value in new.items():
+        if key.split(".")[0] not in FREE_ON_RESUME and old.get(key) != value:
+            raise UserError(f"{where} holds a run with a different {key!r} ({old.get(key)!r}, now {value!r}); "
+                            "use another out= or the same settings to resume")

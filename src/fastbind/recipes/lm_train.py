@@ -25,10 +25,10 @@ from fastbind.errors import UserError
 from fastbind.evaluation import evaluate
 from fastbind.lm import LMTrainConfig, build_model, load_data, resolve_auto
 from fastbind.models.lstm_lm import detach_state
-from fastbind.runs import RunFolder
+from fastbind.runs import RunFolder, check_resume
 from fastbind.training.buckets import BucketedNLL
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
-from fastbind.training.config import from_dict, parse_cli, to_dict
+from fastbind.training.config import parse_cli, to_dict
 from fastbind.training.distributed import init_distributed, replicas_identical, resolve_device
 from fastbind.training.optim import build_optimizer, build_scheduler, clip_grad
 from fastbind.training.seed import seed_everything
@@ -49,11 +49,7 @@ def train(cfg: LMTrainConfig) -> dict:
     cfg = resolve_auto(cfg, corpus)  # gamma=auto / T=auto become numbers before they are compared or saved
     # ---- resume check before anything is written
     if ck is not None:
-        saved = from_dict(LMTrainConfig, ck["config"])
-        for name in ("model", "data", "batch_size", "bptt", "carry_state", "seed"):
-            if to_dict(saved).get(name) != to_dict(cfg).get(name):
-                raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
-                                f"use another out= or the same settings to resume")
+        check_resume(ck["config"], cfg, out)
     V = len(corpus.vocab)
     digest = corpus.vocab.check_checkpoint(ck, last_path, cfg.data)
     model = build_model(cfg, V).to(device)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fastbind._io import atomic_write
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 from fastbind.runs import BASE_VARIANT, METRICS_FILE, RunFolder
 from fastbind.training.config import format_help, parse_cli
 from fastbind.training.curriculum import merge_records
@@ -53,6 +53,10 @@ class ReportConfig:
     out: str | None = None  # output folder; None: <parent of the first run>/report
     split: str = "test"  # which eval-<split>.json to tabulate and plot
     title: str = "fastbind runs"  # heading of report.md and figure titles
+
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any run is read
+        if self.split not in ("valid", "test", "train"):
+            raise BadSetting("split", "must be valid, test or train")
 
 
 # --------------------------------------------------------------------------- reading runs

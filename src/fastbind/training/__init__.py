@@ -6,7 +6,7 @@ Nothing here knows about a particular model; recipes combine these pieces.
 from __future__ import annotations
 
 from fastbind.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fastbind.training.config import apply_overrides, from_dict, load_config_file, parse_cli, save_config, to_dict
+from fastbind.training.config import apply_overrides, from_dict, parse_cli, to_dict
 from fastbind.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -42,13 +42,11 @@ __all__ = [
     "init_distributed",
     "is_primary",
     "load_checkpoint",
-    "load_config_file",
     "parse_cli",
     "perplexity",
     "read_metrics",
     "rng_state",
     "save_checkpoint",
-    "save_config",
     "seed_everything",
     "set_rng_state",
     "shard_stream",
