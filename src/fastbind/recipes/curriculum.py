@@ -192,7 +192,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     ck = None
     if run.has_checkpoint("last"):
         ck, _ = run.load_checkpoint("last", map_location=device)
-        check_resume(ck["config"], cfg, run.path)
+        check_resume(ck["config"], cfg, run.path, pinned=frozenset({"eval_every"}))  # it paces the levels
     digest = hashlib.sha1("\n".join(data.classes).encode("utf-8")).hexdigest()
     if ck is not None and ck.get("classes_digest", digest) != digest:
         raise UserError(f"{run.path} was trained on other Omniglot classes than data={cfg.data} holds now "
