@@ -157,7 +157,8 @@ def test_a_bad_value_is_named_as_typed_with_its_value(capsys):
     assert cli(["lm-train", "out=unused", "batch_size=0"]) == 2
     assert capsys.readouterr().err.strip() == "fastbind lm-train: error: bad value batch_size=0: must be >= 1"
     assert cli(["curriculum", "out=unused", "mbpa.lambda=1.5"]) == 2
-    assert capsys.readouterr().err.strip() == "fastbind curriculum: error: bad value mbpa.lambda=1.5: must lie in [0, 1]"
+    err = capsys.readouterr().err.strip()
+    assert err == "fastbind curriculum: error: bad value mbpa.lambda=1.5: must lie in [0, 1]"
 
 
 def test_a_bad_value_in_a_config_file_is_named_by_its_dotted_path(tmp_path, capsys):

@@ -115,10 +115,9 @@ class SyntheticConfig:
     mean_sentence_length: float = 20.0
     mean_sentences_per_document: float = 80.0
 
-    def __post_init__(self) -> None:
-        positive = ("train_tokens", "valid_tokens", "test_tokens", "background_vocab", "num_topics", "bigram_successors",
-                    "mean_sentence_length", "mean_sentences_per_document")
-        for name in positive:
+    def __post_init__(self) -> None:  # bad values fail while a command line is read, before any generation
+        for name in ("train_tokens", "valid_tokens", "test_tokens", "background_vocab", "num_topics",
+                     "bigram_successors", "mean_sentence_length", "mean_sentences_per_document"):
             if not getattr(self, name) >= 1:
                 raise BadSetting(name, "must be >= 1")
         for name in ("entity_pool", "topic_skip_top", "background_zipf", "topic_zipf", "entity_zipf",

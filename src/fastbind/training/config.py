@@ -155,7 +155,7 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
 
 
 def _build(cls: type[T], data: Mapping[str, Any], typed: Mapping[str, tuple[str, str]], where: str = "") -> T:
-    """A ``cls`` from flat ``data`` {path: JSON-ish value}; errors name keys as typed (``typed``: path -> (key, text))."""
+    """A ``cls`` from flat ``data`` {path: JSON-ish value}; ``typed``: path -> (key, text) as the user typed it."""
     if not where and (unknown := [k for k in data if _type(cls, k) is None]):
         raise _unknown(unknown[0], cls)
     kwargs = {}
