@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from fastbind.training.config import format_help
 
         print((module.__doc__ or "").strip())
-        print(f"\nsettings (key=value; --config FILE or a preset name):\n{format_help(config_cls)}")
+        print(f"\nsettings (key=value; --config FILE.json or a preset name):\n{format_help(config_cls)}")
         return 0
     try:
         return int(module.main(ns.args) or 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,9 +39,9 @@ from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.language_model import LanguageModel, detach_state
 from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, build_lm
-from fastbind.runs import RunFolder, eval_record
+from fastbind.runs import RunFolder, check_resume, eval_record
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
-from fastbind.training.config import alias, from_dict, to_dict
+from fastbind.training.config import alias, to_dict
 from fastbind.training.distributed import barrier, cleanup, init_distributed, replicas_identical, resolve_device
 from fastbind.training.optim import OptimConfig, build_optimizer, build_scheduler, clip_grad
 from fastbind.training.seed import seed_everything
@@ -92,6 +93,23 @@ class LMTrainConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     RENAMED: ClassVar[dict[str, str]] = MODEL_RENAMED
+
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any work
+        for name in ("batch_size", "bptt", "max_steps", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, "must be >= 1")
+        for name in ("threads", "max_minutes", "stop_after", "eval_every", "eval_max_tokens", "patience",
+                     "memorize_after"):
+            if not getattr(self, name) >= 0:
+                raise BadSetting(name, "must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise BadSetting("seed", "must lie in [0, 2**32)")
+        if not self.data.strip():
+            raise BadSetting("data", "must name a corpus (synthetic, wikitext-2, ptb, ...) or a folder")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
+        if any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
+            raise BadSetting("buckets", "must be positive and strictly increasing, e.g. [100,1000,10000]")
 
 
 def load_data(cfg: LMTrainConfig) -> Corpus:
@@ -295,11 +313,7 @@ def train(cfg: LMTrainConfig) -> dict:
     cfg = resolve_auto(cfg, corpus)  # gamma=auto / T=auto become numbers before they are compared or saved
     # ---- resume check before anything is written
     if ck is not None:
-        saved = from_dict(LMTrainConfig, ck["config"])
-        for name in ("model", "lstm", "fwm", "data", "batch_size", "bptt", "carry_state", "seed"):
-            if to_dict(saved).get(name) != to_dict(cfg).get(name):
-                raise UserError(f"{out} holds a run with a different '{name}' ({to_dict(saved).get(name)!r}); "
-                                f"use another out= or the same settings to resume")
+        check_resume(ck["config"], cfg, out)
     V = len(corpus.vocab)
     digest = corpus.vocab.check_checkpoint(ck, last_path, cfg.data)
     model = build_model(cfg, V).to(device)

@@ -54,8 +54,8 @@ from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
 from fastbind.training.config import from_dict, to_dict
 from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
 
-__all__ = ["BASE_VARIANT", "CONFIG_FILE", "MARKER_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "eval_name",
-           "eval_record", "metrics_by_step", "variant_settings_layout"]
+__all__ = ["BASE_VARIANT", "CONFIG_FILE", "FREE_ON_RESUME", "MARKER_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder",
+           "check_resume", "eval_name", "eval_record", "metrics_by_step", "variant_settings_layout"]
 
 CONFIG_FILE = "config.json"
 MARKER_FILE = "run.json"  # {"recipe": <the command that made the run>, "fastbind": <its version>}
@@ -395,3 +395,40 @@ def metrics_by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         last = step
         merged.setdefault(step, {}).update(row)
     return dict(sorted(merged.items()))
+
+
+# Settings that may change between the invocations ("slices") of one run: where the data lives (each
+# recipe checks the data's content against its checkpoint: vocabulary or class digest), the hardware,
+# the budget, how often to validate and checkpoint, and the display. None changes what a training step
+# computes, except that a decaying learning-rate schedule (optim.schedule) spans the running max_steps.
+FREE_ON_RESUME = frozenset({"out", "data", "data_dir", "device", "threads", "compile", "max_steps", "max_minutes",
+                            "stop_after", "patience", "eval_every", "checkpoint_every", "test", "log_every",
+                            "progress", "tensorboard"})
+
+
+def check_resume(saved: dict[str, Any], cfg: Any, where: str | os.PathLike[str], *,
+                 pinned: frozenset[str] = frozenset()) -> None:
+    """Refuse to resume the run at ``where`` (its checkpoint's config ``saved``) under other settings.
+
+    Every recipe calls this before it writes anything. A change outside :data:`FREE_ON_RESUME`
+    (``optim.lr``: the restored optimizer would keep the old rate; the model; what validation
+    measures, which ``best.pt`` compares across slices) would leave ``config.json`` misstating
+    what trained the run. ``pinned`` names free keys that steer training in one recipe (the
+    curriculum's ``eval_every`` decides when new classes arrive). ``saved`` is read with
+    ``from_dict``, so a run saved before a key was added or renamed compares under today's
+    names and defaults.
+
+    Raises:
+        UserError: naming the first changed dotted key and both values.
+    """
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    old, new = flat(to_dict(from_dict(type(cfg), saved))), flat(to_dict(cfg))
+    for key, value in new.items():
+        if (key.split(".")[0] not in FREE_ON_RESUME - pinned) and old.get(key) != value:
+            raise UserError(f"{where} holds a run with a different {key!r} ({old.get(key)!r}, now {value!r}); "
+                            "use another out= or the same settings to resume")

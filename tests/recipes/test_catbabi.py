@@ -121,7 +121,7 @@ def test_resume_refuses_other_settings(tmp_path, release, capsys):
     capsys.readouterr()
     assert catbabi(run, release, "max_steps=6", "eval_every=0", "arch=lstm") == 2
     err = capsys.readouterr().err.strip()
-    assert "different 'model'" in err and len(err.splitlines()) == 1
+    assert "different 'model.arch' ('fwm', now 'lstm')" in err and len(err.splitlines()) == 1
 
 
 def test_resume_refuses_a_changed_data_set(tmp_path, release, capsys):

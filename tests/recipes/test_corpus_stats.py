@@ -21,7 +21,7 @@ def test_prints_a_row_per_corpus_and_writes_json(tmp_path, capsys):
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys):
-    for argv, needle in ((["data=" + str(tmp_path / "none")], "unknown corpus"), (["rare=1"], "rare must be"),
+    for argv, needle in ((["data=" + str(tmp_path / "none")], "unknown corpus"), (["rare=1"], "bad value rare=1: must be >= 2"),
                          (["oops"], "unexpected argument")):
         assert cli(["corpus-stats", *argv, *SMALL]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -78,7 +78,7 @@ def test_resume_refuses_different_model(tmp_path, capsys):
     before = (run / "last.pt").read_bytes()
     assert train(run, "max_steps=8", "hidden=32") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different 'lstm" in err[0]  # hidden is in the lstm section
+    assert len(err) == 1 and "different 'lstm.hidden' (16, now 32)" in err[0]  # hidden is in the lstm section
     assert (run / "last.pt").read_bytes() == before
 
 

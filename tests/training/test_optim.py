@@ -62,7 +62,7 @@ def test_config_via_overrides() -> None:
     assert cfg.name == "rmsprop" and cfg.lr == 3e-4 and cfg.betas == (0.8, 0.9) and cfg.schedule == "cosine"
     with pytest.raises(UserError, match="not one of adam, adamw, rmsprop, sgd"):
         apply_overrides(OptimConfig(), ["name=lion"])
-    with pytest.raises(UserError, match="lr must be > 0"):
+    with pytest.raises(UserError, match="bad value lr=0: must be > 0"):
         apply_overrides(OptimConfig(), ["lr=0"])
 
 

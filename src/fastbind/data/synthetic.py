@@ -60,7 +60,7 @@ import torch
 
 from fastbind.data.corpus import SPLITS, Corpus
 from fastbind.data.vocab import EOS, UNK, Vocabulary
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 
 # Mixture components, in the order of the weight vector; CUED marks the word slot after a cue.
 BACKGROUND, TOPIC, BIGRAM, NEW_ENTITY, REPEAT_ENTITY, CUE = range(6)
@@ -115,34 +115,27 @@ class SyntheticConfig:
     mean_sentence_length: float = 20.0
     mean_sentences_per_document: float = 80.0
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise UserError(f"SyntheticConfig: {msg}")
-
-        for f in ("train_tokens", "valid_tokens", "test_tokens"):
-            need(getattr(self, f) >= 1, f"{f} must be >= 1")
-        need(self.background_vocab >= 1, "background_vocab must be >= 1")
-        need(self.num_topics >= 1, "num_topics must be >= 1")
-        need(self.entity_pool >= 0, "entity_pool must be >= 0")
-        need(self.cue_words >= 1 or self.w_cue == 0, "w_cue > 0 needs cue_words >= 1")
-        need(self.bigram_successors >= 1, "bigram_successors must be >= 1")
-        need(0 < self.bigram_decay <= 1, "bigram_decay must be in (0, 1]")
-        need(self.mean_sentence_length >= 1, "mean_sentence_length must be >= 1")
-        need(self.mean_sentences_per_document >= 1, "mean_sentences_per_document must be >= 1")
-        w = self.weights
-        need(all(x >= 0 for x in w) and sum(w) > 0, "mixture weights must be >= 0 and not all 0")
-        need(sum(w[:REPEAT_ENTITY]) > 0, "some weight other than w_repeat_entity must be > 0")
-        if self.entity_pool == 0:
-            need(self.w_new_entity == 0 and self.w_repeat_entity == 0 and self.w_cue == 0,
-                 "entity weights (and w_cue) need entity_pool > 0")
-        if self.w_topic > 0:
-            need(
-                0 < self.topic_words <= self.background_vocab - min(self.topic_skip_top, self.background_vocab - 1),
-                "topic_words must be in [1, background_vocab - topic_skip_top]",
-            )
-        for f in ("background_zipf", "topic_zipf", "entity_zipf"):
-            need(getattr(self, f) >= 0, f"{f} must be >= 0")
+    def __post_init__(self) -> None:  # bad values fail while a command line is read, before any generation
+        for name in ("train_tokens", "valid_tokens", "test_tokens", "background_vocab", "num_topics",
+                     "bigram_successors", "mean_sentence_length", "mean_sentences_per_document"):
+            if not getattr(self, name) >= 1:
+                raise BadSetting(name, "must be >= 1")
+        for name in ("entity_pool", "topic_skip_top", "background_zipf", "topic_zipf", "entity_zipf",
+                     "w_background", "w_topic", "w_bigram", "w_new_entity", "w_repeat_entity", "w_cue"):
+            if not getattr(self, name) >= 0:
+                raise BadSetting(name, "must be >= 0")
+        if not 0 < self.bigram_decay <= 1:
+            raise BadSetting("bigram_decay", "must lie in (0, 1]")
+        if self.w_cue > 0 and self.cue_words < 1:
+            raise BadSetting("cue_words", "must be >= 1 while w_cue > 0")
+        if sum(self.weights[:REPEAT_ENTITY]) == 0:  # repeats and cues need entities that something introduced
+            name = "w_repeat_entity" if self.w_repeat_entity else "w_cue" if self.w_cue else "w_background"
+            raise BadSetting(name, "needs one of w_background, w_topic, w_bigram, w_new_entity > 0")
+        if self.entity_pool == 0 and (self.w_new_entity or self.w_repeat_entity or self.w_cue):
+            raise BadSetting("entity_pool", "must be > 0 while w_new_entity, w_repeat_entity or w_cue is > 0")
+        top = self.background_vocab - min(self.topic_skip_top, self.background_vocab - 1)
+        if self.w_topic > 0 and not 0 < self.topic_words <= top:
+            raise BadSetting("topic_words", f"must lie in [1, {top}] (background_vocab - topic_skip_top)")
 
     @property
     def weights(self) -> tuple[float, float, float, float, float, float]:

@@ -22,6 +22,7 @@ best validation mean keeps ``best.pt``. When the run reaches ``max_steps`` (or w
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -31,13 +32,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastbind.data.babi import IGNORE_INDEX, NUM_TASKS, CatbAbIEvalStream, CatbAbIStream, load_babi
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 from fastbind.evaluation import answer_accuracy
 from fastbind.models.language_model import detach_state
 from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, build_lm
-from fastbind.runs import RunFolder
+from fastbind.runs import RunFolder, check_resume
 from fastbind.training.checkpoint import rng_state, set_rng_state
-from fastbind.training.config import alias, from_dict, parse_cli, to_dict
+from fastbind.training.config import alias, parse_cli, to_dict
 from fastbind.training.distributed import DistInfo, resolve_device
 from fastbind.training.optim import OptimConfig, build_optimizer, clip_grad
 from fastbind.training.seed import seed_everything
@@ -95,18 +96,19 @@ class CatbAbIConfig:
 
     RENAMED: ClassVar[dict[str, str]] = MODEL_RENAMED
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.seg_len < 1 or self.max_steps < 1:
-            raise UserError("batch_size, seg_len and max_steps must be >= 1")
-        if self.eval_every < 0 or self.eval_segments < 0 or self.log_every < 1:
-            raise UserError("eval_every and eval_segments must be >= 0, log_every >= 1")
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any work
+        for name in ("batch_size", "seg_len", "max_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, "must be >= 1")
+        for name in ("threads", "max_minutes", "eval_every", "eval_segments"):
+            if not getattr(self, name) >= 0:
+                raise BadSetting(name, "must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise BadSetting("seed", "must lie in [0, 2**32)")
         if not 0 < self.valid_fraction < 1:
-            raise UserError(f"valid_fraction must lie in (0, 1), got {self.valid_fraction}")
-
-
-# Settings that may change between the slices of one run (budgets, display, where the data is).
-_FREE_KEYS = frozenset({"out", "data", "device", "threads", "max_steps", "max_minutes", "eval_every",
-                        "eval_segments", "log_every", "test", "compile", "tensorboard", "progress"})
+            raise BadSetting("valid_fraction", "must lie in (0, 1)")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
 
 
 def results_markdown(record: dict) -> str:
@@ -128,11 +130,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     ck, ck_path = None, None
     if run.has_checkpoint("last"):
         ck, ck_path = run.load_checkpoint("last", map_location=device)
-        saved, now = to_dict(from_dict(CatbAbIConfig, ck["config"])), to_dict(cfg)  # older layouts renamed
-        changed = [k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k]]
-        if changed:
-            raise UserError(f"{run.path} holds a run with a different '{changed[0]}' ({saved.get(changed[0])!r}); "
-                            f"use another out= or the same settings to resume")
+        check_resume(ck["config"], cfg, run.path)
     data = load_babi(cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
     for note in data.notes:  # e.g. a task trained on its 1k file: always said
         print(f"catbabi: {note}", flush=True)

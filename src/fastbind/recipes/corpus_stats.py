@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fastbind._io import atomic_write
 from fastbind.data.statistics import corpus_statistics
 from fastbind.data.synthetic import SyntheticConfig
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 from fastbind.lm import LMTrainConfig, load_data
 from fastbind.training.config import parse_cli
 
@@ -39,6 +39,16 @@ class CorpusStatsConfig:
     out: str | None = None  # also write the statistics to this JSON file
     progress: bool = True
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any corpus is read
+        if not self.data or not all(name.strip() for name in self.data):
+            raise BadSetting("data", "must name one or more corpora, e.g. data=synthetic,ptb")
+        if not 0 <= self.seed < 2**32:
+            raise BadSetting("seed", "must lie in [0, 2**32)")
+        if self.rare < 2:
+            raise BadSetting("rare", "must be >= 2 (a rare word's training count lies in [1, rare))")
+        if self.window < 1:
+            raise BadSetting("window", "must be >= 1")
 
 
 def _row(s: dict) -> list[str]:
@@ -64,8 +74,6 @@ def format_stats(stats: list[dict]) -> str:
 
 
 def run(cfg: CorpusStatsConfig) -> list[dict]:
-    if not cfg.data:
-        raise UserError("data= names no corpus")
     stats = []
     for name in tqdm(cfg.data, desc="corpora", disable=not cfg.progress):
         corpus = load_data(LMTrainConfig(data=name, data_dir=cfg.data_dir, seed=cfg.seed, synthetic=cfg.synthetic))
@@ -86,7 +94,5 @@ def main(argv: list[str]) -> int:
     cfg, rest = parse_cli(argv, CorpusStatsConfig)
     if rest:
         raise UserError(f"unexpected argument {rest[0]!r} (settings are key=value, e.g. data=ptb)")
-    if cfg.rare < 2 or cfg.window < 1:
-        raise UserError("rare must be >= 2 and window >= 1")
     run(cfg)
     return 0

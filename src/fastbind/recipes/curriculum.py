@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -34,11 +35,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastbind.data.omniglot import Omniglot, augment, load_omniglot
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 from fastbind.evaluation import accuracy
 from fastbind.memory import MbPA
 from fastbind.models.convnet import ConvClassifier, ConvNetConfig
-from fastbind.runs import RunFolder
+from fastbind.runs import RunFolder, check_resume
 from fastbind.training.checkpoint import rng_state, set_rng_state
 from fastbind.training.config import alias, parse_cli, to_dict
 from fastbind.training.curriculum import Curriculum, combination_name, mean_steps_after
@@ -62,9 +63,17 @@ class MbPAHeadSettings:
     lam: float = alias("lambda", default=1.0)  # p = (1 − λ)·p_softmax + λ·p_mbpa; set as mbpa.lambda=
     eps: float = 1e-3
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # MbPA's own limits, checked while the command line is read
+        for name in ("size", "k", "steps"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, "must be >= 1")
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise BadSetting(name, "must be > 0")
+        if not self.l2 >= 0:
+            raise BadSetting("l2", "must be >= 0")
         if not 0.0 <= self.lam <= 1.0:
-            raise UserError(f"mbpa.lambda must lie in [0, 1], got {self.lam}")
+            raise BadSetting("lam", "must lie in [0, 1]")
 
 
 @dataclass
@@ -99,20 +108,32 @@ class CurriculumConfig:
     progress: bool = True
     mbpa: MbPAHeadSettings = field(default_factory=MbPAHeadSettings)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any work
         for name in ("head", "seeds", "objective", "T", "gamma", "lr", "batch_size"):
             if not getattr(self, name):
-                raise UserError(f"{name} needs at least one value")
-        if any(b < 1 for b in self.batch_size) or any(x <= 0 for x in self.lr):
-            raise UserError("batch_size and lr must be positive")
-        if any(t < 0 for t in self.T) or any(not 0 <= g <= 1 for g in self.gamma):
-            raise UserError("T must be >= 0 and gamma in [0, 1]")
-        if self.eval_every < 1 or self.start_classes < 1 or self.new_classes < 1:
-            raise UserError("eval_every, start_classes and new_classes must be positive")
+                raise BadSetting(name, "needs at least one value")
+        if not all(0 <= s < 2**32 for s in self.seeds):
+            raise BadSetting("seeds", "each value must lie in [0, 2**32)")
+        if not all(t >= 0 for t in self.T):
+            raise BadSetting("T", "each value must be >= 0")
+        if not all(0 <= g <= 1 for g in self.gamma):
+            raise BadSetting("gamma", "each value must lie in [0, 1]")
+        if not all(x > 0 for x in self.lr):
+            raise BadSetting("lr", "each value must be positive")
+        if not all(b >= 1 for b in self.batch_size):
+            raise BadSetting("batch_size", "each value must be >= 1")
+        for name in ("start_classes", "new_classes", "eval_every", "max_steps", "checkpoint_every", "channels"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, "must be >= 1")
+        for name in ("max_classes", "max_minutes", "threads"):
+            if not getattr(self, name) >= 0:
+                raise BadSetting(name, "must be >= 0")
         if not 0 <= self.threshold < 1:
-            raise UserError(f"threshold must lie in [0, 1), got {self.threshold}")
-        if self.max_classes < 0 or self.max_steps < 1:
-            raise UserError("max_classes must be >= 0 and max_steps >= 1")
+            raise BadSetting("threshold", "must lie in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise BadSetting("dropout", "must lie in [0, 1)")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
 
 
 def mbpa_settings(cfg: CurriculumConfig) -> dict:
@@ -162,11 +183,6 @@ def _relabelled(images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor)
     return images[idx], y, torch.cumsum(counts, 0) - counts, counts
 
 
-# Settings that may change between the invocations of one run (budgets and display).
-_FREE_KEYS = frozenset({"out", "max_steps", "max_minutes", "checkpoint_every", "threads", "progress", "data",
-                        "data_dir"})
-
-
 def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = None) -> dict:
     """Run (or resume) one combination; returns its curriculum record (also in ``curriculum.json``)."""
     run = RunFolder(cfg.out)
@@ -175,11 +191,7 @@ def train_one(cfg: CurriculumConfig, data: Omniglot, deadline: float | None = No
     ck = None
     if run.has_checkpoint("last"):
         ck, _ = run.load_checkpoint("last", map_location=device)
-        saved, now = ck["config"], to_dict(cfg)
-        changed = [k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k]]
-        if changed:
-            raise UserError(f"{run.path} holds a run with a different '{changed[0]}' ({saved.get(changed[0])!r}); "
-                            f"use another out= or the same settings to resume")
+        check_resume(ck["config"], cfg, run.path, pinned=frozenset({"eval_every"}))  # it paces the levels
     digest = hashlib.sha1("\n".join(data.classes).encode("utf-8")).hexdigest()
     if ck is not None and ck.get("classes_digest", digest) != digest:
         raise UserError(f"{run.path} was trained on other Omniglot classes than data={cfg.data} holds now "

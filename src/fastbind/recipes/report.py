@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 from fastbind.report.catbabi import build_catbabi_report
 from fastbind.report.common import open_run
 from fastbind.report.curriculum import build_curriculum_report
@@ -46,6 +46,10 @@ class ReportConfig:
     out: str | None = None  # output folder; None: beside the first run (inside it for a curriculum)
     split: str = "test"  # which eval-<split>.json to tabulate and plot (language-model runs)
     title: str = "fastbind runs"  # heading of report.md and figure titles
+
+    def __post_init__(self) -> None:  # bad values fail while the command line is read, before any run is read
+        if self.split not in ("valid", "test", "train"):
+            raise BadSetting("split", "must be valid, test or train")
 
 
 def _title(cfg: ReportConfig, default: str) -> str:

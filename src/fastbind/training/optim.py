@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 
 __all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "clip_grad", "lr_factor"]
 
@@ -71,18 +71,18 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise UserError(f"optim.lr must be > 0, got {self.lr}")
+            raise BadSetting("lr", "must be > 0")
         for name in ("momentum", "weight_decay", "clip", "eps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:
+                raise BadSetting(name, "must be >= 0")
         if not 0 <= self.alpha < 1:
-            raise UserError(f"optim.alpha must be in [0, 1), got {self.alpha}")
+            raise BadSetting("alpha", "must lie in [0, 1)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise UserError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+            raise BadSetting("betas", "must be two numbers in [0, 1)")
         if self.warmup_steps < 0:
-            raise UserError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise BadSetting("warmup_steps", "must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise BadSetting("min_lr_ratio", "must lie in [0, 1]")
 
 
 def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
