@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +18,18 @@ def sync(device: torch.device) -> None:
     """Wait for queued GPU work so that wall-clock timings are complete."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """TF32 off for cuBLAS and cuDNN inside the block (correctness checks compare float32 results;
+    the timings keep PyTorch's defaults)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def environment(device: torch.device) -> dict:

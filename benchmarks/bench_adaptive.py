@@ -42,7 +42,7 @@ from torch import nn
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.models.lstm_lm import LMConfig, LSTMLM
 
-from _common import environment, max_abs_diff, sync, write_result  # benchmarks/_common.py
+from _common import environment, full_float32, max_abs_diff, sync, write_result  # benchmarks/_common.py
 
 WT2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
 VARIANTS = ("full", "full_hebbian", "adaptive", "adaptive_hebbian", "torch_adaptive")
@@ -109,6 +109,7 @@ def make_variant(name: str, V: int, d: int, cutoffs: list[int], device: torch.de
 
 
 @torch.no_grad()
+@full_float32()
 def checks(V: int, d: int, cutoffs: list[int], x: torch.Tensor, y: torch.Tensor) -> dict:
     """Correctness columns: the adaptive head's two paths agree, and it computes PyTorch's module.
 

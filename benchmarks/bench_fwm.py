@@ -48,7 +48,7 @@ from torch import nn
 
 from fastbind.models.lstm_lm import LMConfig, LSTMLM
 
-from _common import environment, max_abs_diff, sync, write_result  # benchmarks/_common.py
+from _common import environment, full_float32, max_abs_diff, sync, write_result  # benchmarks/_common.py
 
 
 class AuthorsStyleCell(nn.Module):
@@ -136,6 +136,7 @@ def authors_copy(model: LSTMLM) -> AuthorsStyleLM:
     return ref
 
 
+@full_float32()
 def equivalence(vocab: int, d: int, size: int, hops: int, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Correctness columns: the three FWM variants compute the same function.
 

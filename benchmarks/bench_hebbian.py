@@ -31,7 +31,7 @@ from torch import nn
 
 from fastbind import HebbianSoftmax
 
-from _common import environment, max_abs_diff, sync, write_result  # benchmarks/_common.py
+from _common import environment, full_float32, max_abs_diff, sync, write_result  # benchmarks/_common.py
 
 
 def zipf_targets(V: int, shape: tuple[int, ...], generator: torch.Generator, s: float = 1.0) -> torch.Tensor:
@@ -86,6 +86,7 @@ def memorize_transient_bytes(head: HebbianSoftmax, h: torch.Tensor, y: torch.Ten
     return int(peak)
 
 
+@full_float32()
 def memorize_check(head: HebbianSoftmax, h: torch.Tensor, y: torch.Tensor) -> dict:
     """One ``memorize`` against the rule applied one class at a time in float64 on the CPU."""
     W0, c0 = head.weight.detach().clone(), head.counts.clone().cpu()  # .cpu() alone would alias on CPU
