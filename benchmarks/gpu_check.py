@@ -134,10 +134,10 @@ class Plan:
     def lm_train_args(self) -> tuple[list[str], int]:
         """``lm-train`` settings shared by both heads, and the number of steps."""
         if self.smoke:
-            steps = 6
-            # A large step size, so that six steps already beat the uniform distribution clearly.
-            sizes = ["hidden=16", "emb_dim=16", "batch_size=4", "bptt=8", "eval_max_tokens=400", "log_every=2",
-                     "threads=1", "lr=0.03"]
+            steps = 20
+            # A large step size, so that 20 steps already beat the uniform distribution clearly.
+            sizes = ["hidden=16", "emb_dim=16", "batch_size=8", "bptt=16", "eval_max_tokens=400", "log_every=5",
+                     "threads=1", "lr=0.01"]
             synth = {"train_tokens": 4000, "valid_tokens": 500, "test_tokens": 200, "background_vocab": 300,
                      "entity_pool": 200, "topic_words": 30}
         else:
@@ -401,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "environment":
                 report["environment"] = rec.pop("results", {})
             report["stages"][name] = rec
-            print(f"[gpu_check] {name}: {rec['status']} in {rec['seconds']:.1f} s"
-                  + (f" ({rec.get('note') or rec.get('error', '').strip().splitlines()[-1]})"
-                     if rec["status"] != "passed" else ""), flush=True)
+            note = _note(rec)
+            print(f"[gpu_check] {name}: {rec['status']} in {rec['seconds']:.1f} s" + (f" ({note})" if note else ""),
+                  flush=True)
             _finish(report, t_start)
             _write(a.out, report)
     _finish(report, t_start)
@@ -424,11 +424,7 @@ def _finish(report: dict, t_start: float) -> None:
 def summary_table(report: dict) -> str:
     lines = [f"{'stage':<16}{'status':<9}{'seconds':>8}  notes"]
     for name, s in report["stages"].items():
-        bad = [k for k, c in s.get("checks", {}).items() if not c["ok"]]
-        note = s.get("note") or (f"checks failed: {', '.join(bad)}" if bad else "")
-        if s["status"] in ("error", "timeout"):
-            note = s.get("error", "").strip().splitlines()[-1][:100]
-        lines.append(f"{name:<16}{s['status']:<9}{s['seconds']:>8.1f}  {note}")
+        lines.append(f"{name:<16}{s['status']:<9}{s['seconds']:>8.1f}  {_note(s)}")
     lines.append(f"{'total':<16}{'ok' if report['ok'] else 'NOT OK':<9}{report['seconds']:>8.1f}")
     return "\n".join(lines)
 
@@ -449,6 +445,17 @@ def load_benchmark(name: str):
         spec.loader.exec_module(module)
         _LOADED[name] = module
     return _LOADED[name]
+
+
+def _note(rec: dict) -> str:
+    """One line on what went wrong in a stage (empty when it passed)."""
+    if rec.get("note"):
+        return rec["note"]
+    if rec.get("error"):
+        lines = rec["error"].strip().splitlines()
+        return lines[-1][:120] if lines else "error"
+    bad = [k for k, c in rec.get("checks", {}).items() if not c["ok"]]
+    return f"checks failed: {', '.join(bad)}" if bad else ""
 
 
 def _version_of(name: str) -> str | None:
