@@ -442,6 +442,7 @@ def load_benchmark(name: str):
             sys.path.insert(0, str(BENCH))
         spec = importlib.util.spec_from_file_location(f"fastbind_benchmarks_{name}", BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         _LOADED[name] = module
     return _LOADED[name]
