@@ -61,15 +61,18 @@ def batches(V: int, d: int, shapes, *, seed: int, dtype=torch.float32):
 # ---------------------------------------------------------------- Hebbian heads
 
 
-@pytest.mark.parametrize("objective", ["l2", "ip", "smax"])
-def test_hebbian_softmax_memorize(objective):
+# smax takes a small ascent step: with the default step (1.0) the projected ascent oscillates and
+# its best iterate depends on last-bit rounding (a relative change of 2e-7 in h moves w* by 1e-2
+# on the CPU alone), so the devices could not agree to float32 precision even if both are right.
+@pytest.mark.parametrize("objective,inner_lr", [("l2", 1.0), ("ip", 1.0), ("smax", 0.05)])
+def test_hebbian_softmax_memorize(objective, inner_lr):
     torch.manual_seed(0)
-    layers = both(HebbianSoftmax(16, 40, gamma=0.2, T=6, objective=objective, k=3))
+    layers = both(HebbianSoftmax(16, 40, gamma=0.2, T=6, objective=objective, k=3, inner_lr=inner_lr))
     data = batches(40, 16, [(4, 9), (30,), (2, 3, 5), (50,)], seed=1)
     for h, y in data:
         for dev, m in layers.items():
             m.memorize(h.to(dev), y.to(dev))
-    assert_same(layers["cuda"].weight.detach(), layers["cpu"].weight.detach(), what="weight")
+    assert_same(layers["cuda"].weight.detach(), layers["cpu"].weight.detach(), {"rtol": 1e-5, "atol": 1e-5}, "weight")
     assert torch.equal(layers["cuda"].counts.cpu(), layers["cpu"].counts)
     assert int(layers["cpu"].counts.max()) >= 6  # some classes reached T and stopped memorizing
     h = data[0][0]
@@ -155,7 +158,7 @@ def test_fast_weight_memory_forward_and_gradients(impl):
     fw0 = torch.randn(3, 4, 3, 4, generator=g) * 0.2
     res = {}
     for dev, m in layers.items():
-        z = z0.to(dev).requires_grad_()
+        z = z0.clone().to(dev).requires_grad_()  # a leaf of its own on each device (.to("cpu") would alias z0)
         out, fw, norm = m(z, fw0.to(dev))
         (out.square().mean() + fw.square().sum()).backward()
         res[dev] = {"out": out.detach(), "state": fw.detach(), "norm": norm, "dz": z.grad,
