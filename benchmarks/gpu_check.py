@@ -122,11 +122,10 @@ class Plan:
         if self.smoke:
             extra = {"bench_lm": ["--data", "synthetic"], "bench_adaptive": ["--data", "zipf"]}.get(name, [])
             return [*dev, "--quick", *self.threads, *extra]
-        lm_data = "synthetic" if self.synthetic else self.data
         return dev + {
             "bench_hebbian": ["--vocab", "33278", "267735", "--dim", "256", "1024", "--reps", "11"],
             "bench_memory": ["--dim", "256", "1024"],
-            "bench_lm": ["--data", lm_data, "--steps", "50", "--rounds", "3"],
+            "bench_lm": ["--data", self.data, "--steps", "50", "--rounds", "3"],
             "bench_fwm": ["--rounds", "5"],
             "bench_adaptive": ["--data", "zipf" if self.synthetic else self.data, "--rounds", "5"],
         }[name]
