@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from fastbind import __version__
+from fastbind._io import atomic_write
 
 
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work so that wall-clock timings are complete."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """TF32 off for cuBLAS and cuDNN inside the block (correctness checks compare float32 results;
+    the timings keep PyTorch's defaults)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def environment(device: torch.device) -> dict:
@@ -24,11 +39,21 @@ def environment(device: torch.device) -> dict:
         "threads": torch.get_num_threads(), "device": str(device), "machine": platform.machine(),
         "processor": platform.processor(),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda_version": torch.version.cuda if device.type == "cuda" else None,
     }
 
 
 def write_result(path: Path, result: dict) -> None:
     """Write the JSON result (creating its folder) and say where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2).encode()
+    atomic_write(path, lambda fh: fh.write(text))
     print(f"wrote {path}")
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a − b|`` in float64 on the CPU (0 for empty tensors): the benchmarks' correctness columns."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.numel() == 0:
+        return 0.0
+    return float((a.detach().double() - b.detach().double().to(a.device)).abs().max())

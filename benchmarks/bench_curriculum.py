@@ -102,7 +102,7 @@ def update_costs(batch_size: int, n: int, total: int, reps: int) -> dict:
             "mbpa_write_s": per_call_seconds(lambda: mbpa.write(feats, y), reps)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="Omniglot folder (default: random images of the same layout)")
     p.add_argument("--steps", type=int, default=200)
@@ -111,7 +111,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a few steps and one round (smoke test)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "bench_curriculum.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 5, 1
     torch.set_num_threads(args.threads)

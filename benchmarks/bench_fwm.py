@@ -19,12 +19,15 @@ carried (detached) to the next step. Variants, all with embedding and hidden 256
 
 Rounds interleave the variants (lstm, fwm, fwm_step, authors_loop, lstm, ...) so drift of the
 machine affects all alike; each reports the median tokens/s over rounds, and the ratios are
-medians of the per-round ratios.
+medians of the per-round ratios. Before timing, ``checks`` records that the variants compute
+the same function: ``fwm`` against ``fwm_step`` (logits and gradients) and against the
+authors'-style loop holding the same weights (logits), as max absolute differences.
 
 Usage::
 
     python benchmarks/bench_fwm.py                    # B 32, L 200, all threads
     python benchmarks/bench_fwm.py --threads 1
+    python benchmarks/bench_fwm.py --device cuda
     python benchmarks/bench_fwm.py --quick            # a few seconds, for smoke tests
 
 Writes JSON (default ``benchmarks/out/bench_fwm.json``) and prints a table.
@@ -33,6 +36,7 @@ Writes JSON (default ``benchmarks/out/bench_fwm.json``) and prints a table.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import time
@@ -43,10 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastbind.models.fwm_lm import FWMConfig, FWMLSTMLM
+from fastbind.models.language_model import LanguageModel
 from fastbind.models.lstm_lm import LSTMConfig, LSTMLM
 from fastbind.models.registry import ModelConfig
 
-from _common import environment, sync, write_result  # benchmarks/_common.py
+from _common import environment, full_float32, max_abs_diff, sync, write_result  # benchmarks/_common.py
 
 
 class AuthorsStyleCell(nn.Module):
@@ -94,8 +99,8 @@ class AuthorsStyleLM(nn.Module):
     def forward(self, x, state=None):
         B = x.shape[0]
         if state is None:
-            z = torch.zeros(B, self.d)
-            state = ((z, z.clone()), torch.zeros(B, self.size, self.size, self.size))
+            z = torch.zeros(B, self.d, device=x.device)
+            state = ((z, z.clone()), torch.zeros(B, self.size, self.size, self.size, device=x.device))
         outs = []
         for e in self.embedding(x).unbind(1):  # one module call per step
             y, state = self.cell(e, state)
@@ -109,20 +114,65 @@ def detach(state):
     return type(state)(detach(s) for s in state)
 
 
-def make_variant(name: str, vocab: int, d: int, size: int, hops: int, seed: int):
+def fwm_model(vocab: int, d: int, size: int, hops: int, arch: str = "fwm") -> LanguageModel:
+    model = ModelConfig(vocab_size=vocab, arch=arch, emb_dim=d)
+    lstm = LSTMConfig(hidden=d, input_dropout=0.0, dropout=0.0)
+    return LSTMLM(model, lstm) if arch == "lstm" else FWMLSTMLM(model, lstm, FWMConfig(size=size, hops=hops))
+
+
+@torch.no_grad()
+def authors_copy(model: FWMLSTMLM) -> AuthorsStyleLM:
+    """The authors'-style model holding ``model``'s weights (an FWM-LSTM of one layer, head bias 0)."""
+    fwm, lstm = model.fwm, model.lstm
+    ref = AuthorsStyleLM(model.cfg.vocab_size, model.cfg.hidden, fwm.s, fwm.hops).to(lstm.weight_ih_l0.device)
+    d = model.cfg.hidden
+    ref.embedding.weight.copy_(model.embedding.weight)
+    ref.cell.W_ih.copy_(lstm.weight_ih_l0)  # both order the gates i, f, g, o
+    ref.cell.W_hh.copy_(lstm.weight_hh_l0)
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    bias[d:2 * d] -= 1.0  # the authors' cell adds the forget gate's 1 itself
+    ref.cell.bias.copy_(bias)
+    for name in ("W_write", "W_read", "out"):
+        getattr(ref.cell, name).load_state_dict(getattr(fwm, name).state_dict())
+    ref.linear.weight.copy_(model.head.weight)
+    assert not bool(model.head.bias.any()), "the authors' output layer has no bias"
+    return ref
+
+
+@full_float32()
+def equivalence(vocab: int, d: int, size: int, hops: int, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Correctness columns: the three FWM variants compute the same function.
+
+    ``fwm`` against ``fwm_step`` (the same model with the other scan: logits and every
+    parameter's gradient) and against ``authors_loop`` holding the same weights (logits).
+    """
+    torch.manual_seed(0)
+    model = fwm_model(vocab, d, size, hops).to(x.device)
+    step = copy.deepcopy(model)
+    step.fwm.impl = "step"
+    grads = {}
+    for name, m in (("fwm", model), ("fwm_step", step)):
+        logits = m(x).logits
+        F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+        grads[name] = (logits.detach(), {n: p.grad for n, p in m.named_parameters()})
+    with torch.no_grad():
+        authors = authors_copy(model)(x)[0]
+    (lf, gf), (ls, gs) = grads["fwm"], grads["fwm_step"]
+    return {"fwm_vs_fwm_step_logits_max_abs_diff": max_abs_diff(lf, ls),
+            "fwm_vs_fwm_step_grad_max_abs_diff": max(max_abs_diff(gf[n], gs[n]) for n in gf),
+            "fwm_vs_authors_loop_logits_max_abs_diff": max_abs_diff(lf, authors),
+            "logits_max_abs": float(lf.abs().max())}
+
+
+def make_variant(name: str, vocab: int, d: int, size: int, hops: int, seed: int, device: torch.device):
     torch.manual_seed(seed)
     if name == "authors_loop":
-        model = AuthorsStyleLM(vocab, d, size, hops)
+        model = AuthorsStyleLM(vocab, d, size, hops).to(device)
 
         def forward(x, state):
             return model(x, state)
     else:
-        lstm = LSTMConfig(hidden=d, input_dropout=0.0, dropout=0.0)
-        if name == "lstm":
-            model = LSTMLM(ModelConfig(vocab_size=vocab, emb_dim=d), lstm)
-        else:
-            fwm = FWMConfig(size=size, hops=hops)
-            model = FWMLSTMLM(ModelConfig(vocab_size=vocab, arch="fwm", emb_dim=d), lstm, fwm)
+        model = fwm_model(vocab, d, size, hops, "lstm" if name == "lstm" else "fwm").to(device)
         if name == "fwm_step":
             model.fwm.impl = "step"
         if name == "fwm_compiled":
@@ -145,7 +195,7 @@ def make_variant(name: str, vocab: int, d: int, size: int, hops: int, seed: int)
     return step
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=200)
@@ -157,24 +207,28 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--variants", default="lstm,fwm,fwm_step,authors_loop")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "bench_fwm.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.quick:
         args.batch, args.length, args.hidden, args.size, args.rounds, args.warmup = 4, 12, 32, 4, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    steps = {n: make_variant(n, args.vocab, args.hidden, args.size, args.hops, seed=0) for n in names}
+    steps = {n: make_variant(n, args.vocab, args.hidden, args.size, args.hops, seed=0, device=device) for n in names}
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(args.vocab, (args.batch, args.length), generator=g)
-    y = torch.randint(args.vocab, (args.batch, args.length), generator=g)
+    x = torch.randint(args.vocab, (args.batch, args.length), generator=g).to(device)
+    y = torch.randint(args.vocab, (args.batch, args.length), generator=g).to(device)
+    checks = equivalence(args.vocab, args.hidden, args.size, args.hops, x, y)
     warmup_s = {n: 0.0 for n in names}
     for _ in range(args.warmup):
         for n in names:
+            sync(device)
             t0 = time.perf_counter()
             steps[n](x, y)
+            sync(device)
             warmup_s[n] += time.perf_counter() - t0
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
@@ -201,7 +255,7 @@ def main() -> None:
     result = {"benchmark": "fwm_train_throughput", **environment(device),
               "settings": {k: getattr(args, k) for k in ("batch", "length", "hidden", "size", "hops", "vocab",
                                                          "rounds", "warmup")},
-              "results": results, "ratios": ratios,
+              "results": results, "ratios": ratios, "checks": checks,
               "targets": {"fwm_vs_authors_loop": ">= 2"}}
     print(f"B {args.batch} x L {args.length}, hidden {args.hidden}, F {args.size}^3, {args.hops} reads, "
           f"{torch.get_num_threads()} thread(s)")
@@ -211,6 +265,8 @@ def main() -> None:
     for k, v in ratios.items():
         if v is not None and math.isfinite(v):
             print(f"{k}: {v:.2f}x")
+    for k, v in checks.items():
+        print(f"{k}: {v:.1e}")
     write_result(args.out, result)
 
 

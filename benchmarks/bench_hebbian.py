@@ -11,6 +11,10 @@ Usage::
     python benchmarks/bench_hebbian.py --device cuda --reps 50
     python benchmarks/bench_hebbian.py --quick               # a few seconds, for smoke tests
 
+Each row also checks one ``memorize`` against a per-class float64 loop of the update rule
+(``memorize_max_abs_diff``, ``memorize_only_batch_rows_changed``, ``memorize_counts_exact``), so a
+run on a new device says whether the layer computes the right thing there, not only how fast.
+
 Writes JSON (default ``benchmarks/out/bench_hebbian.json``) and prints a table.
 """
 
@@ -27,7 +31,7 @@ from torch import nn
 
 from fastbind import HebbianSoftmax
 
-from _common import environment, sync, write_result  # benchmarks/_common.py
+from _common import environment, full_float32, max_abs_diff, sync, write_result  # benchmarks/_common.py
 
 
 def zipf_targets(V: int, shape: tuple[int, ...], generator: torch.Generator, s: float = 1.0) -> torch.Tensor:
@@ -82,6 +86,29 @@ def memorize_transient_bytes(head: HebbianSoftmax, h: torch.Tensor, y: torch.Ten
     return int(peak)
 
 
+@full_float32()
+def memorize_check(head: HebbianSoftmax, h: torch.Tensor, y: torch.Tensor) -> dict:
+    """One ``memorize`` against the rule applied one class at a time in float64 on the CPU."""
+    W0, c0 = head.weight.detach().clone(), head.counts.clone().cpu()  # .cpu() alone would alias on CPU
+    head.memorize(h, y)
+    W1 = head.weight.detach()
+    hf, yf = h.reshape(-1, h.shape[-1]).double().cpu(), y.reshape(-1).cpu()
+    classes = torch.unique(yf)
+    rows = classes.to(W0.device)
+    ref = W0.index_select(0, rows).double().cpu()
+    for r, i in enumerate(classes.tolist()):  # the slow, obvious reference
+        sel = yf == i
+        n, c = int(sel.sum()), int(c0[i])
+        lam = max(n / (c + n), head.gamma) if c < head.T else 0.0
+        ref[r] = lam * hf[sel].mean(0) + (1 - lam) * ref[r]
+    changed = (W1 != W0).any(1).nonzero()[:, 0].cpu()
+    return {
+        "memorize_max_abs_diff": max_abs_diff(W1.index_select(0, rows), ref),
+        "memorize_only_batch_rows_changed": bool(torch.isin(changed, classes).all()),
+        "memorize_counts_exact": torch.equal(head.counts.cpu() - c0, torch.bincount(yf, minlength=head.num_classes)),
+    }
+
+
 def bench_one(V: int, d: int, device: torch.device, reps: int, warmup: int, B: int, L: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -114,6 +141,8 @@ def bench_one(V: int, d: int, device: torch.device, reps: int, warmup: int, B: i
     x, y = batches[0]
     transient = memorize_transient_bytes(hebb, up_h(x).detach(), y)
     classes_per_batch = statistics.median(int(torch.unique(b[1]).numel()) for b in batches)
+    x, y = batches[1]
+    check = memorize_check(hebb, up_h(x).detach(), y)
     return {
         "V": V, "d": d, "batch": [B, L], "device": str(device), "reps": reps,
         "classes_per_batch_median": classes_per_batch,
@@ -124,6 +153,7 @@ def bench_one(V: int, d: int, device: torch.device, reps: int, warmup: int, B: i
         "extra_state_bytes": state_bytes(hebb) - state_bytes(linear),
         "counts_bytes": hebb.counts.numel() * hebb.counts.element_size(),
         "memorize_transient_peak_bytes": transient,
+        **check,
     }
 
 
@@ -153,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"V={V:>7} d={d:>5}  linear {r['linear_step_s_median']*1e3:9.2f} ms  "
                   f"hebbian {r['hebbian_step_s_median']*1e3:9.2f} ms  ratio {r['ratio_median']:.4f} "
                   f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  extra state {r['extra_state_bytes']:,} B  "
-                  f"memorize peak {r['memorize_transient_peak_bytes']:,} B", flush=True)
+                  f"memorize peak {r['memorize_transient_peak_bytes']:,} B  "
+                  f"max|memorize - reference| {r['memorize_max_abs_diff']:.1e}", flush=True)
     result = {
         "benchmark": "hebbian_softmax_training_step", **environment(device),
         "results": rows,

@@ -35,7 +35,13 @@ Usage::
     python benchmarks/bench_lm.py                              # PTB when ../shared/data/ptb exists
     python benchmarks/bench_lm.py --data synthetic --steps 30 --rounds 3
     python benchmarks/bench_lm.py --hidden 650 --layers 2 --threads 2
+    python benchmarks/bench_lm.py --device cuda --data synthetic
     python benchmarks/bench_lm.py --quick                      # a few seconds, for smoke tests
+
+``checks`` says whether the timings compare like with like: ``equal_tokens`` (every variant
+trained ``steps × batch × bptt`` tokens in every round) and ``mean_loss_gap_softmax_plain``
+(the largest difference of the mean training loss of ``fastbind_softmax`` and ``plain`` over
+the rounds; a broken loss or data pipeline shows as a gap of the order of ``log V``).
 
 Writes JSON (default ``benchmarks/out/bench_lm.json``) and prints a table.
 """
@@ -43,6 +49,7 @@ Writes JSON (default ``benchmarks/out/bench_lm.json``) and prints a table.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -142,9 +149,11 @@ def run_fastbind(a: argparse.Namespace, head: str, synthetic: SyntheticConfig) -
     with tempfile.TemporaryDirectory(prefix="bench_lm_") as tmp:
         out = Path(tmp) / "run"
         summary = train(fastbind_config(a, head, out, synthetic))
-        logged = [r["train/tokens_per_s"] for r in read_metrics(out) if "train/tokens_per_s" in r]
+        records = read_metrics(out)
+    logged = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]  # one record: the mean over every step
     return {"seconds": summary["seconds_this_run"], "tokens": summary["train_tokens"],
-            "tokens_per_s_logged": logged[-1] if logged else None}
+            "tokens_per_s_logged": logged[-1] if logged else None, "mean_loss": losses[-1] if losses else None}
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -272,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("fastbind"):
             logged = [x["tokens_per_s_logged"] for x in rounds[name] if x["tokens_per_s_logged"]]
             entry["tokens_per_s_logged_median"] = statistics.median(logged) if logged else None
-        else:
-            entry["mean_loss_rounds"] = [x["mean_loss"] for x in rounds[name]]
+        entry["mean_loss_rounds"] = [x["mean_loss"] for x in rounds[name]]
+        entry["tokens_rounds"] = [x["tokens"] for x in rounds[name]]
         results[name] = entry
 
     def per_round(num: str, den: str) -> list[float]:
@@ -286,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
                                  / results["fastbind_softmax"]["tokens_per_s_median"]),
         "hebbian_over_softmax_rounds": per_round("fastbind_hebbian", "fastbind_softmax"),
     }
+    # Correctness: every variant trained the same tokens, and fastbind's loop and the plain one
+    # reach a similar training loss on the same model shape and data (a broken loss or data
+    # pipeline shows as a gap of the order of the loss itself).
+    checks = {
+        "equal_tokens": all(t == a.steps * a.batch * a.bptt for r in results.values() for t in r["tokens_rounds"]),
+        "mean_loss_gap_softmax_plain": max(abs(f - p) for f, p in zip(results["fastbind_softmax"]["mean_loss_rounds"],
+                                                                     results["plain"]["mean_loss_rounds"])),
+        "log_vocab": math.log(V),
+    }
     data_label = "ptb (../shared/data/ptb)" if Path(a.data).resolve() == SHARED_PTB.resolve() else a.data
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "out"}
     settings["data"] = data_label
@@ -294,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else list(argv), "settings": settings,
         "vocab_size": V, "train_corpus_tokens": int(corpus.train.numel()),
         "tokens_per_step": a.batch * a.bptt,
-        "flops_per_token": fpt, "matmul_peak": peak, "results": results, "ratios": ratios,
+        "flops_per_token": fpt, "matmul_peak": peak, "results": results, "ratios": ratios, "checks": checks,
     }
 
     print(f"\ndata {data_label}  V={V}  hidden={a.hidden} layers={a.layers} batch={a.batch}x{a.bptt}  "
@@ -310,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio fastbind/plain: {ratios['fastbind_over_plain']:.3f} (target >= 1.0; per round "
           + ", ".join(f"{x:.3f}" for x in ratios["fastbind_over_plain_rounds"]) + ")")
     print(f"ratio hebbian/softmax (fastbind): {ratios['hebbian_over_softmax']:.3f}")
+    print(f"checks: equal tokens {checks['equal_tokens']}, mean-loss gap softmax/plain "
+          f"{checks['mean_loss_gap_softmax_plain']:.3f} (log V = {checks['log_vocab']:.2f})")
     write_result(a.out, result)
     return 0
 

@@ -62,7 +62,7 @@ def one(softmax: str, a: argparse.Namespace, out: Path) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--hidden", type=int, default=256)
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--one", choices=("full", "adaptive"), help=argparse.SUPPRESS)  # internal: one variant
     ap.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "bench_vocab_scale.json")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.hidden = min(a.steps, 3), 16
     if a.one:
