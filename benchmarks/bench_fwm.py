@@ -124,8 +124,8 @@ def fwm_model(vocab: int, d: int, size: int, hops: int, arch: str = "fwm") -> La
 def authors_copy(model: FWMLSTMLM) -> AuthorsStyleLM:
     """The authors'-style model holding ``model``'s weights (an FWM-LSTM of one layer, head bias 0)."""
     fwm, lstm = model.fwm, model.lstm
-    ref = AuthorsStyleLM(model.cfg.vocab_size, model.cfg.hidden, fwm.s, fwm.hops).to(lstm.weight_ih_l0.device)
-    d = model.cfg.hidden
+    ref = AuthorsStyleLM(model.cfg.vocab_size, model.lstm_cfg.hidden, fwm.s, fwm.hops).to(lstm.weight_ih_l0.device)
+    d = model.lstm_cfg.hidden
     ref.embedding.weight.copy_(model.embedding.weight)
     ref.cell.W_ih.copy_(lstm.weight_ih_l0)  # both order the gates i, f, g, o
     ref.cell.W_hh.copy_(lstm.weight_hh_l0)
