@@ -71,7 +71,7 @@ def omniglot(tmp_path_factory, omniglot_zip):
 def test_curriculum_refuses_changed_settings_and_resumes_a_longer_budget(omniglot, tmp_path, capsys):
     out = tmp_path / "c"
     assert cli(tiny(omniglot, out, "head=mbpa", "max_steps=5")) == 0
-    (sub,) = list(out.iterdir())
+    (sub,) = [p for p in out.iterdir() if p.is_dir()]  # out also holds run.json
     capsys.readouterr()
     assert cli(tiny(omniglot, out, "head=mbpa", "max_steps=10", "mbpa.eps=0.01")) == 2
     _refused(capsys, sub, "different 'mbpa.eps' (0.001, now 0.01)")
