@@ -97,12 +97,7 @@ class SweepConfig:
         if self.mbpa_sizes and not set(self.mbpa_sizes) <= set(self.sizes):
             raise BadSetting("mbpa_sizes", f"each must be one of sizes {list(self.sizes)} (the mixture pairs "
                                            f"a cache and an MbPA memory of one size), got {list(self.mbpa_sizes)}")
-        if not self.lr > 0:
-            raise BadSetting("lr", f"must be > 0, got {self.lr}")
-        if not self.l2 >= 0:
-            raise BadSetting("l2", f"must be >= 0, got {self.l2}")
-        if not self.eps > 0:
-            raise BadSetting("eps", f"must be > 0, got {self.eps}")
+        MbPASettings(lr=self.lr, l2=self.l2, eps=self.eps)  # MbPA's own bounds on lr, l2 and eps
         for name in ("bptt", "memory_chunk", "mbpa_stride", "test_mbpa_stride"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
