@@ -58,6 +58,8 @@ CASES = [  # (command, key=value, message fragment)
     ("demo", "memory_sizes=[0,100]", "needs sizes >= 1"),
     ("demo", "mbpa_k=0", "must be >= 1"),
     ("demo", "mbpa_stride=0", "must be >= 1"),
+    ("demo", "max_steps=0", "must be >= 1"),  # an lm-train key, in the demo's train section
+    ("demo", "head=hebbian", "both heads"),
 ]
 
 
