@@ -176,8 +176,10 @@ def test_marker_wins_over_the_settings_and_names_any_recipe(tmp_path: Path) -> N
     assert run.recipe() == "meta-rl"
     (tmp_path / "config.json").write_text(json.dumps({"seg_len": 24, "mode": "qa", "model": {}}))
     assert run.recipe() == "meta-rl"
-    run.mark("catbabi")
-    assert run.recipe() == "catbabi"
+    with pytest.raises(UserError, match="holds meta-rl runs, not catbabi runs"):  # another recipe's folder
+        run.mark("catbabi")
+    assert run.recipe() == "meta-rl"
+    run.mark("meta-rl")  # the same recipe again (a resumed run) is fine
 
 
 @pytest.mark.parametrize("name", ["", "LM", "lm train", "lm-", "-lm", "../x", "lm_train"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,7 +41,7 @@ from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, Model
 from fastbind.runs import RunFolder, check_resume, eval_record
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
 from fastbind.training.config import alias, to_dict
-from fastbind.training.distributed import barrier, cleanup, init_distributed, replicas_identical, resolve_device
+from fastbind.training.distributed import barrier, check_device, cleanup, init_distributed, replicas_identical, resolve_device
 from fastbind.training.optim import OptimConfig, build_optimizer, build_scheduler, clip_grad
 from fastbind.training.seed import seed_everything
 
@@ -106,8 +105,7 @@ class LMTrainConfig:
             raise BadSetting("seed", "must lie in [0, 2**32)")
         if not self.data.strip():
             raise BadSetting("data", "must name a corpus (synthetic, wikitext-2, ptb, ...) or a folder")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
+        check_device(self.device)
         if any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
             raise BadSetting("buckets", "must be positive and strictly increasing, e.g. [100,1000,10000]")
 
@@ -210,9 +208,10 @@ class LMEvalConfig:
         if self.buckets is not None and (not self.buckets or list(self.buckets) != sorted(set(self.buckets))
                                          or self.buckets[0] < 1):
             raise BadSetting("buckets", f"must be strictly increasing counts >= 1, got {list(self.buckets)}")
-        if self.cache.lam + self.mbpa.lam >= 1:
-            raise BadSetting("mbpa", f"cache.lambda + mbpa.lambda must be < 1 (the model keeps the rest), got "
-                                     f"{self.cache.lam} + {self.mbpa.lam}")
+        check_device(self.device)
+        if self.cache.lam + self.mbpa.lam >= 1:  # two keys: no single one to name as typed
+            raise UserError(f"cache.lambda + mbpa.lambda must be < 1 (the model keeps the rest), got "
+                            f"{self.cache.lam} + {self.mbpa.lam}")
         if (self.cache.lam > 0 or self.mbpa.lam > 0) and self.batch_size != 1:
             raise BadSetting("batch_size", "the cache and MbPA read the split as one stream: use batch_size=1")
 
@@ -221,7 +220,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     """Evaluate a run on ``cfg.split``, with the memories ``cfg`` switches on; writes and returns
     its :func:`~fastbind.runs.eval_record` (plus ``path``)."""
     run = RunFolder(run_dir)
-    train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, cfg.device, cfg.data_dir)
+    train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, resolve_device(cfg.device), cfg.data_dir)
     edges = tuple(cfg.buckets) if cfg.buckets is not None else tuple(train_cfg.buckets)
     tokens = getattr(corpus, cfg.split)
     cache = cfg.cache if cfg.cache.lam > 0 else None
@@ -230,7 +229,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     if mbpa is not None and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
     if cache is not None or mbpa is not None:
-        H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=torch.device(cfg.device),
+        H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=resolve_device(cfg.device),
                                   max_tokens=cfg.max_tokens, progress=cfg.progress)
         lp_c = cache_log_probs(H, Y, cache, cfg.memory_chunk, cfg.progress) if cache else None
         W, b = model.output_layer() if mbpa else (None, None)
@@ -243,7 +242,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     else:
         acc = BucketedNLL.from_counts(corpus.train_counts, edges)
         variants = {"model": evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc,
-                                      device=torch.device(cfg.device), max_tokens=cfg.max_tokens,
+                                      device=resolve_device(cfg.device), max_tokens=cfg.max_tokens,
                                       progress=cfg.progress)}
         settings = {}
     context.update({"split": cfg.split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]),
@@ -260,12 +259,12 @@ def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
     writes ``sweep-<split>[-<tag>].json``/``.md`` and, with ``apply_test``, the test evaluation
     (under ``"test"``, see :func:`apply_to_split`); returns the sweep result."""
     run = RunFolder(run_dir)
-    lm = load_lm_run(run, cfg.checkpoint, cfg.device)
+    lm = load_lm_run(run, cfg.checkpoint, resolve_device(cfg.device))
     _, model, corpus, ck = lm
     if cfg.mbpa and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive: sweep the cache "
                         "alone with mbpa=false")
-    H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=torch.device(cfg.device),
+    H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=resolve_device(cfg.device),
                               max_tokens=cfg.max_tokens, progress=cfg.progress)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
     result = {"split": cfg.split, "step": int(ck["step"]), **grid_search(H, Y, LP, W, b, cfg)}
@@ -286,7 +285,7 @@ def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, sp
     ``lm`` is the run as the sweep loaded it (model, corpus and checkpoint are not read again).
     """
     train_cfg, model, corpus, ck = lm
-    H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=torch.device(cfg.device),
+    H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=resolve_device(cfg.device),
                               max_tokens=cfg.test_max_tokens, progress=cfg.progress)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
     lps, settings = apply_best(H, Y, LP, W, b, result, cfg)

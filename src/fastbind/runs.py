@@ -51,7 +51,7 @@ from fastbind._io import atomic_write
 from fastbind.errors import UserError
 from fastbind.training import distributed
 from fastbind.training.checkpoint import load_checkpoint, save_checkpoint
-from fastbind.training.config import from_dict, to_dict
+from fastbind.training.config import flatten, from_dict, to_dict
 from fastbind.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
 
 __all__ = ["BASE_VARIANT", "CONFIG_FILE", "FREE_ON_RESUME", "MARKER_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder",
@@ -131,6 +131,8 @@ class RunFolder:
         """
         if not _RECIPE_NAME.fullmatch(recipe):
             raise ValueError(f"a recipe is named like a command (lm-train, catbabi), got {recipe!r}")
+        if self.writer and (made_by := self.recipe()) not in (None, recipe):
+            raise UserError(f"{self.path} holds {made_by} runs, not {recipe} runs; use another out=")
         return self._write_json(MARKER_FILE, {"recipe": recipe, "fastbind": __version__})
 
     def recipe(self) -> str | None:
@@ -421,13 +423,7 @@ def check_resume(saved: dict[str, Any], cfg: Any, where: str | os.PathLike[str],
     Raises:
         UserError: naming the first changed dotted key and both values.
     """
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-
-    old, new = flat(to_dict(from_dict(type(cfg), saved))), flat(to_dict(cfg))
+    old, new = flatten(to_dict(from_dict(type(cfg), saved))), flatten(to_dict(cfg))
     for key, value in new.items():
         if (key.split(".")[0] not in FREE_ON_RESUME - pinned) and old.get(key) != value:
             raise UserError(f"{where} holds a run with a different {key!r} ({old.get(key)!r}, now {value!r}); "

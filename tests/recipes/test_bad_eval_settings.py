@@ -32,6 +32,8 @@ CASES = [  # (command, key=value, message fragment)
     ("lm-eval", "max_tokens=-1", "must be >= 0"),
     ("lm-eval", "memory_chunk=0", "must be >= 1"),
     ("lm-eval", "buckets=[100,10]", "strictly increasing"),
+    ("lm-eval", "device=gpu", "must be auto, cpu, mps, cuda or cuda:N"),
+    ("lm-sweep", "device=gpu", "must be auto, cpu, mps, cuda or cuda:N"),
     ("lm-eval", "split=dev", "split"),
     ("lm-eval", "checkpoint=first", "checkpoint"),
     ("lm-eval", "cache.lambda=0.6 mbpa.lambda=0.5", "cache.lambda + mbpa.lambda must be < 1"),

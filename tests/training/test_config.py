@@ -374,3 +374,28 @@ def test_alias_declaration_errors() -> None:
     for cls in (Clash, Missing):
         with pytest.raises(TypeError):
             apply_overrides(cls(), ["a=1"] if cls is Clash else ["model.hidden=1"])
+
+
+def test_a_config_file_takes_the_keys_a_command_line_takes(tmp_path):
+    # Short keys and aliases (cache.lambda for the field cache.lam) and the old names of RENAMED, as typed.
+    from fastbind.lm import LMEvalConfig, LMTrainConfig
+
+    cfg = from_dict(LMEvalConfig, {"cache": {"lambda": 0.1}, "mbpa": {"lambda": 0.2}})
+    assert (cfg.cache.lam, cfg.mbpa.lam) == (0.1, 0.2)
+    cfg = from_dict(LMTrainConfig, {"hidden": 32, "lr": 0.01, "model": {"fwm_size": 4}})
+    assert (cfg.lstm.hidden, cfg.optim.lr, cfg.fwm.size) == (32, 0.01, 4)
+    with pytest.raises(UserError, match=r"^bad value cache\.lambda=1\.5: must be in \[0, 1\)"):
+        from_dict(LMEvalConfig, {"cache": {"lambda": 1.5}})
+
+
+def test_renamed_keys_reach_into_sections():
+    # The demo puts lm-train's keys under train; lm-train's own old names still apply there.
+    from fastbind.recipes.demo import DemoConfig
+
+    cfg, _ = parse_cli(["model.hidden=64", "model.fwm_size=8", "train.model.layers=2", "lr=0.01", "mbpa_k=8"],
+                       DemoConfig)
+    assert (cfg.train.lstm.hidden, cfg.train.fwm.size, cfg.train.lstm.layers) == (64, 8, 2)
+    assert (cfg.train.optim.lr, cfg.mbpa_k) == (0.01, 8)
+    assert from_dict(DemoConfig, {"model": {"hidden": 64}}).train.lstm.hidden == 64
+    with pytest.raises(UserError, match=r"^bad value batch_size=0: must be >= 1"):  # named as typed
+        parse_cli(["batch_size=0"], DemoConfig)

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastbind.errors import BadSetting
+from fastbind.training.distributed import check_device
 from fastbind.evaluation import (
     CacheSettings, MbPASettings, cache_log_probs, mbpa_log_probs, mix_variant, variant_name,
     variant_settings, with_sample_variants,
@@ -71,6 +72,7 @@ class SweepConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:  # bad settings fail before the run is loaded
+        check_device(self.device)
         if self.split not in ("valid", "test", "train"):
             raise BadSetting("split", f"must be valid, test or train, got {self.split!r}")
         if self.checkpoint not in ("best", "last"):

@@ -22,7 +22,6 @@ best validation mean keeps ``best.pt``. When the run reaches ``max_steps`` (or w
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -39,7 +38,7 @@ from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, Model
 from fastbind.runs import RunFolder, check_resume
 from fastbind.training.checkpoint import rng_state, set_rng_state
 from fastbind.training.config import alias, parse_cli, to_dict
-from fastbind.training.distributed import DistInfo, resolve_device
+from fastbind.training.distributed import DistInfo, check_device, resolve_device
 from fastbind.training.optim import OptimConfig, build_optimizer, clip_grad
 from fastbind.training.seed import seed_everything
 
@@ -107,8 +106,7 @@ class CatbAbIConfig:
             raise BadSetting("seed", "must lie in [0, 2**32)")
         if not 0 < self.valid_fraction < 1:
             raise BadSetting("valid_fraction", "must lie in (0, 1)")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
+        check_device(self.device)
 
 
 def results_markdown(record: dict) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -43,7 +42,7 @@ from fastbind.runs import RunFolder, check_resume
 from fastbind.training.checkpoint import rng_state, set_rng_state
 from fastbind.training.config import alias, parse_cli, to_dict
 from fastbind.training.curriculum import Curriculum, combination_name, mean_steps_after
-from fastbind.training.distributed import DistInfo, resolve_device
+from fastbind.training.distributed import DistInfo, check_device, resolve_device
 
 Head = Literal["softmax", "hebbian", "mbpa"]
 Objective = Literal["l2", "ip", "svm", "smax"]
@@ -132,8 +131,7 @@ class CurriculumConfig:
             raise BadSetting("threshold", "must lie in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise BadSetting("dropout", "must lie in [0, 1)")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise BadSetting("device", "must be auto, cpu, mps, cuda or cuda:N")
+        check_device(self.device)
 
 
 def mbpa_settings(cfg: CurriculumConfig) -> dict:

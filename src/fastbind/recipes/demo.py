@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,7 +39,7 @@ from fastbind.evaluation.sweep import SweepConfig
 from fastbind.lm import LMEvalConfig, LMTrainConfig, evaluate_run, load_data, sweep_run, train
 from fastbind.models.registry import LSTMConfig, ModelConfig
 from fastbind.report.lm import build_report
-from fastbind.training.config import parse_cli, resolve_key
+from fastbind.training.config import parse_cli, resolve_key, top_keys
 
 
 def demo_train_defaults() -> LMTrainConfig:
@@ -69,8 +69,8 @@ class DemoConfig:
     parallel: bool = True  # train and evaluate the two heads at once, each on half the cores
     train: LMTrainConfig = field(default_factory=demo_train_defaults)
 
-    # lm-train's keys at the top level, as in config files (presets); short keys: route_keys
-    RENAMED: ClassVar[dict[str, str]] = {f.name: f"train.{f.name}" for f in fields(LMTrainConfig)}
+    # lm-train's keys (short ones too) at the top level, on command lines and in config files (presets)
+    RENAMED: ClassVar[dict[str, str]] = {key: f"train.{key}" for key in top_keys(LMTrainConfig)}
 
     def __post_init__(self) -> None:
         if not self.memory_sizes or min(self.memory_sizes) < 1:
@@ -83,23 +83,6 @@ class DemoConfig:
 def demo_defaults() -> DemoConfig:
     """The demo's settings before any key=value."""
     return DemoConfig()
-
-
-def _own_keys() -> set[str]:
-    return {f.name for f in fields(DemoConfig)}
-
-
-def route_keys(argv: list[str]) -> list[str]:
-    """The command line with every ``lm-train`` key put under ``train.`` (``max_steps=50`` ->
-    ``train.max_steps=50``), so the demo's keys stay the ones ``lm-train`` takes."""
-    own = _own_keys()
-    out = []
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if eq and not arg.startswith("-") and key.strip().split(".")[0] not in own:
-            arg = f"train.{key.strip()}={value}"
-        out.append(arg)
-    return out
 
 
 def generator_limit(cfg: LMTrainConfig, edges: tuple[int, ...]) -> dict:
@@ -263,7 +246,6 @@ CONFIG = DemoConfig  # for `fastbind demo --help`: the demo's own defaults
 
 
 def main(argv: list[str]) -> int:
-    argv = route_keys(argv)
     if any(resolve_key(DemoConfig, a.partition("=")[0].strip()) == "train.model.head" for a in argv if "=" in a):
         raise UserError("the demo trains both heads; drop head=/model.head=")
     cfg, rest = parse_cli(argv, DemoConfig)

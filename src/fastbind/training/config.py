@@ -54,8 +54,9 @@ def _aliases(cls: type) -> dict[str, str]:
 
 
 def resolve_key(cls: type, key: str) -> str:
-    """The field path a key stands for (``head`` -> ``model.head``); parts naming nothing are kept."""
-    todo, path, tp = key.split("."), [], cls
+    """The field path a key stands for (``head`` -> ``model.head``, old names through ``RENAMED``);
+    parts naming nothing are kept."""
+    todo, path, tp = _renamed(cls, key).split("."), [], cls
     while todo:
         part, current = todo.pop(0), tp
         if _fields(current) and part in _aliases(current) and part not in _fields(current):
@@ -85,19 +86,29 @@ def _spellings(root: type) -> dict[str, list[str]]:
 
 
 def _unknown(key: str, root: type) -> UserError:
-    close = difflib.get_close_matches(key, [k for keys in _spellings(root).values() for k in keys], n=1, cutoff=0.6)
+    keys = [k for keys in [*_spellings(root).values(), getattr(root, "RENAMED", {})] for k in keys if k != key]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(_fields(root))}"
     return UserError(f"unknown key {key!r} ({hint})")
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted key: leaf value} (an empty dict is a leaf)."""
     return {key: value for k, v in data.items()
-            for key, value in (_flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) and v else {prefix + k: v}).items()}
+            for key, value in (flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) and v else {prefix + k: v}).items()}
+
+
+def top_keys(cls: type) -> list[str]:
+    """The keys of ``cls``'s own level that users can type: its fields and short keys."""
+    return [*_fields(cls), *_aliases(cls)]
 
 
 def _renamed(root: type, key: str) -> str:
+    """``key`` under today's names: ``root.RENAMED``, then the table of the section it enters, and so on."""
     new = [n + key[len(o):] for o, n in getattr(root, "RENAMED", {}).items() if (key + ".").startswith(o + ".")]
-    return new[0] if new else key
+    key = new[0] if new else key
+    head, _, rest = key.partition(".")
+    return f"{head}.{_renamed(_fields(root)[head], rest)}" if rest and _fields(_fields(root).get(head)) else key
 
 
 def _options(tp: Any) -> tuple[Any, ...]:
@@ -186,17 +197,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """A ``cls`` from a nested dict (a config file, a saved ``config.json``); missing keys keep defaults."""
-    return _build(cls, {_renamed(cls, k): v for k, v in _flat(data).items()}, {})
+    flat = flatten(data)
+    paths = {k: resolve_key(cls, k) for k in flat}  # as written (short keys, old names) -> field path
+    return _build(cls, {paths[k]: v for k, v in flat.items()},
+                  {paths[k]: (k, json.dumps(v, default=str)) for k, v in flat.items()})
 
 
 def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
     """A copy of ``cfg`` with ``key=value`` items applied (later ones win), validated once, at the end."""
-    root, data, typed = type(cfg), _flat(to_dict(cfg)), {}
+    root, data, typed = type(cfg), flatten(to_dict(cfg)), {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"malformed override {item!r} (expected key=value)")
-        path = resolve_key(root, _renamed(root, key := key.strip()))
+        path = resolve_key(root, key := key.strip())
         if (tp := _type(root, path)) is None:
             raise _unknown(key, root)
         if _fields(tp):
@@ -244,14 +258,14 @@ def parse_cli(argv: Sequence[str], cls: type[T], *, base: T | None = None) -> tu
             (overrides if "=" in arg else rest).append(arg)
     cfg = base if base is not None else cls()
     if path is not None:
-        cfg = from_dict(cls, {**(_flat(to_dict(base)) if base is not None else {}), **_flat(_read_file(path))})
+        cfg = from_dict(cls, {**(flatten(to_dict(base)) if base is not None else {}), **flatten(_read_file(path))})
     return apply_overrides(cfg, overrides), rest
 
 
 def format_help(cfg: Any) -> str:
     """One line per setting, ``key (or short key): type = value``, for ``--help`` (a class: its defaults)."""
     cfg, lines = cfg() if isinstance(cfg, type) else cfg, []
-    for path, value in _flat(to_dict(cfg)).items():
+    for path, value in flatten(to_dict(cfg)).items():
         keys, depth, tp = _spellings(type(cfg))[path], path.count("."), _type(type(cfg), path)
         shown = next((k for k in keys if k != path and k.count(".") == depth), path)  # a plain field's alias
         short = ", ".join(k for k in keys if k.count(".") < depth)

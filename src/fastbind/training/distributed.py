@@ -27,12 +27,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from fastbind.errors import UserError
+from fastbind.errors import BadSetting, UserError
 
 __all__ = [
     "DistInfo",
@@ -143,17 +144,23 @@ def _device(local_rank: int, cuda: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
+def check_device(name: str) -> None:
+    """A config's ``device`` setting, checked while the settings are read (:func:`resolve_device` later)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise BadSetting("device", f"must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
+
+
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     """The device a recipe runs on: the rank's own under torchrun, else ``name``.
 
     Args:
         name: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        info: From :func:`init_distributed`.
+        info: From :func:`init_distributed` (None: a single process).
 
     Raises:
         UserError: A CUDA device is asked for and CUDA is not available.
     """
-    if info.is_distributed:
+    if info is not None and info.is_distributed:
         return info.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
