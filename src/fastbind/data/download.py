@@ -4,12 +4,15 @@
 bar), checks its SHA-256 when one is given, and renames it into place, so an interrupted
 download never leaves a half-written file under the final name.
 
-:func:`fetch_dataset` knows where WikiText-2/103 and Penn Treebank live, downloads the
-archive, extracts only the split files it needs (by exact member name, regular files only,
-each written under a fixed file name in the target folder, so a hostile archive cannot
-write elsewhere), checks the extracted files against known digests where one is known, and
-deletes the archive. Any failure is a :class:`DownloadError` (a ``UserError``) whose one
-line names the folder and the files a user can put there by hand instead.
+:func:`fetch_dataset` knows where WikiText-2/103, Penn Treebank, Fashion-MNIST and MNIST
+live. For a set published as one archive it downloads the archive, extracts only the split
+files it needs (by exact member name, regular files only, each written under a fixed file
+name in the target folder, so a hostile archive cannot write elsewhere), checks the
+extracted files against known digests where one is known, and deletes the archive. For a
+set published as plain files (the IDX ``.gz`` files of the MNIST family) it downloads each
+file from one mirror after another and checks it. Any failure is a :class:`DownloadError`
+(a ``UserError``) whose one line names the folder and the files a user can put there by
+hand instead.
 """
 
 from __future__ import annotations
@@ -40,18 +43,21 @@ class DownloadError(UserError):
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """Where a data set comes from and what to keep from its archive.
+    """Where a data set comes from and what to keep from it.
 
     Attributes:
-        urls: archive URLs, tried in order (the official one first).
-        archive: file name to download the archive as.
-        members: archive member path (without a leading ``./``) -> file name in the folder.
-        digests: file name -> ``"sha256:<hex>"`` or ``"sha1:<hex>"`` for extracted files
-            whose content is known; files without an entry are not checked.
+        urls: archive URLs, or with ``archive=None`` base URLs (folders) of the files, tried
+            in order (the official one first).
+        archive: file name to download the archive as; ``None`` for a set published as
+            plain files, each fetched on its own.
+        members: archive member path (without a leading ``./``) -> file name in the folder;
+            with ``archive=None``, file name under each base URL -> file name in the folder.
+        digests: file name -> ``"sha256:<hex>"``, ``"sha1:<hex>"`` or ``"md5:<hex>"`` for
+            files whose content is known; files without an entry are not checked.
     """
 
     urls: tuple[str, ...]
-    archive: str
+    archive: str | None
     members: Mapping[str, str]
     digests: Mapping[str, str] = field(default_factory=dict)
 
@@ -72,6 +78,16 @@ def _wikitext(name: str, digests: Mapping[str, str]) -> DatasetSource:
         members={f"{name}/wiki.{s}.tokens": f"wiki.{s}.tokens" for s in ("train", "valid", "test")},
         digests=digests,
     )
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _idx_files(urls: tuple[str, ...], md5: tuple[str, ...]) -> DatasetSource:
+    """An MNIST-format set: the four IDX ``.gz`` files under each base URL, kept compressed."""
+    return DatasetSource(urls=urls, archive=None, members={f: f for f in _MNIST_FILES},
+                         digests={f: f"md5:{h}" for f, h in zip(_MNIST_FILES, md5, strict=True)})
 
 
 #: Official sources of the named data sets. Tests (and users behind a mirror) may replace
@@ -100,12 +116,26 @@ SOURCES: dict[str, DatasetSource] = {
         archive="simple-examples.tgz",
         members={f"simple-examples/data/ptb.{s}.txt": f"ptb.{s}.txt" for s in ("train", "valid", "test")},
     ),
+    # The md5s of the .gz files published in zalandoresearch/fashion-mnist's README.
+    "fashion-mnist": _idx_files(
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+         "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+    ),
+    # LeCun's page is the original; the PyTorch CI mirror serves the same files more reliably.
+    # The md5s are those torchvision pins for these files.
+    "mnist": _idx_files(
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+    ),
 }
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.new(algorithm)
+    """Hex digest of a file, read in 1 MiB chunks (``algorithm``: any ``hashlib`` name)."""
+    # md5 and sha1 only identify published files here; they guard against no attacker.
+    h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
@@ -246,17 +276,64 @@ def extract_members(archive: str | os.PathLike, members: Mapping[str, str], fold
 
 
 def _check_digest(path: Path, expected: str) -> None:
+    """Compare ``path`` with ``"sha256:<hex>"``, ``"sha1:<hex>"`` or ``"md5:<hex>"``."""
     algo, _, hexdigest = expected.partition(":")
+    if algo not in ("sha256", "sha1", "md5"):
+        raise DownloadError(f"unknown digest {expected!r} for {path.name} (expected sha256:, sha1: or md5:)")
     got = file_digest(path, algo)
     if got != hexdigest.lower():
         raise DownloadError(f"{path.name} has {algo} {got}, expected {hexdigest}")
+
+
+def _fetch_archive(src: DatasetSource, url: str, folder: Path, progress: bool) -> None:
+    """Download ``src``'s archive from ``url``, extract and check its files, delete it.
+
+    On any failure the set's files are removed: never a mix of files from different attempts.
+    """
+    assert src.archive is not None
+    archive = folder / src.archive
+    try:
+        download(url, archive, progress=progress)
+        written = extract_members(archive, src.members, folder)
+        for path in written:
+            if path.name in src.digests:
+                _check_digest(path, src.digests[path.name])
+    except DownloadError:
+        for f in src.files:
+            (folder / f).unlink(missing_ok=True)
+        raise
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _fetch_files(src: DatasetSource, base: str, folder: Path, progress: bool) -> None:
+    """Download the missing plain files of ``src`` from one base URL and check them.
+
+    Files already in ``folder`` are kept; on any failure the files this call wrote are
+    removed again, so the next mirror starts from the same state.
+    """
+    written: list[Path] = []
+    try:
+        for remote, name in src.members.items():
+            path = _safe_target(folder, name)
+            if path.is_file():
+                continue
+            written.append(path)
+            download(f"{base.rstrip('/')}/{remote}", path, progress=progress)
+            if name in src.digests:
+                _check_digest(path, src.digests[name])
+    except DownloadError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def fetch_dataset(name: str, folder: str | os.PathLike, *, progress: bool = True) -> Path:
     """Download a named data set's split files into ``folder`` (no-op if all are there).
 
     Args:
-        name: a key of :data:`SOURCES` (``"wikitext-2"``, ``"wikitext-103"``, ``"ptb"``).
+        name: a key of :data:`SOURCES` (``"wikitext-2"``, ``"wikitext-103"``, ``"ptb"``,
+            ``"fashion-mnist"``, ``"mnist"``).
         folder: where the split files go (created).
         progress: show a download progress bar.
 
@@ -277,20 +354,14 @@ def fetch_dataset(name: str, folder: str | os.PathLike, *, progress: bool = True
     folder.mkdir(parents=True, exist_ok=True)
     reasons: list[str] = []
     for url in src.urls:
-        archive = folder / src.archive
         try:
-            download(url, archive, progress=progress)
-            written = extract_members(archive, src.members, folder)
-            for path in written:
-                if path.name in src.digests:
-                    _check_digest(path, src.digests[path.name])
+            if src.archive is None:
+                _fetch_files(src, url, folder, progress)
+            else:
+                _fetch_archive(src, url, folder, progress)
             return folder
         except DownloadError as e:
             reasons.append(str(e))
-            for f in src.files:  # never leave a mix of files from different attempts
-                (folder / f).unlink(missing_ok=True)
-        finally:
-            archive.unlink(missing_ok=True)
     raise DownloadError(
         f"could not download {name} into {folder} ({'; '.join(reasons)}); "
         f"put {', '.join(src.files)} there by hand (see {src.urls[0]})"
