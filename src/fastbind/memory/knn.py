@@ -46,26 +46,50 @@ def _integer(y: torch.Tensor) -> bool:
     return not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
 
 
+Policy = Literal["recent", "reservoir"]
+POLICIES: tuple[str, ...] = ("recent", "reservoir")
+
+
 class RingStore:
-    """The last ``size`` ``(key, value)`` pairs of a stream, on the keys' device.
+    """At most ``size`` ``(key, value)`` pairs of a stream, on the keys' device.
 
     Entries are numbered by their position in the stream (0 for the first entry ever
-    written). Storage grows by doubling until it holds ``size`` entries, then wraps; the
-    entry at position ``p`` lives in slot ``p % size``. The device and dtype are fixed by the
-    first write and checked on every later one; :meth:`reset` forgets them.
+    written). Storage grows by doubling until it holds ``size`` entries. The write policy
+    decides which entries stay once it is full:
+
+    * ``"recent"`` (default): the last ``size`` entries; the entry at position ``p`` lives in
+      slot ``p % size`` (a ring buffer, no copy of the whole memory per write).
+    * ``"reservoir"``: a uniform sample of every entry written so far (Vitter's algorithm R):
+      entry ``p ≥ size`` replaces the entry in slot ``j`` when ``j``, drawn uniformly from
+      ``[0, p]`` by the store's own seeded generator, is below ``size``. A continual learner
+      keeps every task in proportion to its share of the stream this way, where ``"recent"``
+      would evict the first task first.
+
+    Each entry may carry a ``payload`` row (e.g. the raw input the key was computed from),
+    kept in the same slot. The device and dtype are fixed by the first write and checked on
+    every later one; :meth:`reset` forgets them (and restarts the reservoir's generator).
 
     Shapes:
         keys ``(M, d)`` floating, values ``(M,)`` int64, positions ``(M,)`` int64,
-        ``M = min(count, size)`` in slot order (not age order).
+        payload ``(M, ...)``, ``M = min(count, size)`` in slot order (not age order).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, policy: Policy = "recent", seed: int = 0) -> None:
         self.size = positive_int(size, "size")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        self.policy: Policy = policy
+        self.seed = seed
         self.reset()
 
     def reset(self) -> None:
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None  # reservoir only: each slot's stream position
+        self._payload: torch.Tensor | None = None
+        self._gen = torch.Generator().manual_seed(self.seed)
         self.count = 0  # entries ever written
 
     def __len__(self) -> int:
@@ -104,56 +128,117 @@ class RingStore:
             if h.shape[1] != self._keys.shape[1]:
                 raise ValueError(f"{what} has d={h.shape[1]} but the stored entries have d={self._keys.shape[1]}")
 
+    def _check_payload(self, payload: torch.Tensor | None, n: int, device: torch.device) -> None:
+        if self.count and (payload is None) != (self._payload is None):
+            raise ValueError("every write must carry a payload or none does (as the first write)")
+        if payload is None:
+            return
+        if not isinstance(payload, torch.Tensor) or payload.dim() < 1 or payload.shape[0] != n:
+            shape = tuple(payload.shape) if isinstance(payload, torch.Tensor) else type(payload).__name__
+            raise ValueError(f"payload must have {n} rows to match h, got {shape}")
+        if payload.device != device:
+            raise ValueError(f"payload is on device {payload.device} but h is on device {device}")
+        if self._payload is not None and (payload.shape[1:] != self._payload.shape[1:]
+                                          or payload.dtype != self._payload.dtype):
+            raise ValueError(f"payload rows must be {tuple(self._payload.shape[1:])} {self._payload.dtype} "
+                             f"as stored, got {tuple(payload.shape[1:])} {payload.dtype}")
+
     def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """``(keys, values, positions)`` of the stored entries, or None when empty."""
         m = len(self)
         if m == 0 or self._keys is None or self._values is None:
             return None
+        if self._positions is not None:
+            return self._keys[:m], self._values[:m], self._positions[:m]
         slots = torch.arange(m, device=self._keys.device)
         # The newest entry written to slot i: the largest p < count with p ≡ i (mod size).
         positions = (self.count - 1) - torch.remainder(self.count - 1 - slots, self.size)
         return self._keys[:m], self._values[:m], positions
 
+    def payload(self) -> torch.Tensor | None:
+        """The stored entries' payload rows, in the slot order of :meth:`view` (None without)."""
+        return None if self._payload is None else self._payload[: len(self)]
+
     def state_dict(self) -> dict:
-        """The stored entries in slot order and the write count (for exact resumes)."""
+        """The stored entries in slot order, the write count and the policy's state (for exact resumes)."""
         m = len(self)
-        keys = None if self._keys is None else self._keys[:m].clone()
-        values = None if self._values is None else self._values[:m].clone()
-        return {"size": self.size, "count": self.count, "keys": keys, "values": values}
+
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:m].clone()
+
+        return {"size": self.size, "count": self.count, "keys": part(self._keys), "values": part(self._values),
+                "policy": self.policy, "positions": part(self._positions), "payload": part(self._payload),
+                "generator": self._gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` exactly (same slots, so later writes overwrite the same entries)."""
         if int(state["size"]) != self.size:
             raise ValueError(f"the saved memory has size {int(state['size'])}, this one {self.size}")
+        policy = state.get("policy", "recent")
+        if policy != self.policy:
+            raise ValueError(f"the saved memory has policy {policy!r}, this one {self.policy!r}")
         self.reset()
         if state["keys"] is not None and state["values"] is not None:
             self._keys, self._values = state["keys"].clone(), state["values"].clone().to(torch.int64)
+            for name in ("positions", "payload"):
+                if state.get(name) is not None:
+                    setattr(self, f"_{name}", state[name].clone())
+        if state.get("generator") is not None:
+            self._gen.set_state(state["generator"])
         self.count = int(state["count"])
 
+    def _slots(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``n`` new entries: which rows are kept (indices) and the slot each goes to."""
+        pos = torch.arange(self.count, self.count + n, dtype=torch.int64)
+        if self.policy == "recent":
+            rows = torch.arange(max(0, n - self.size), n)  # only the last `size` rows can survive
+            return rows.to(device), torch.remainder(pos[rows], self.size).to(device)
+        slot = pos.clone()
+        late = pos >= self.size
+        if bool(late.any()):  # algorithm R: slot j ~ U[0, p], kept when j < size
+            draw = torch.rand(int(late.sum()), generator=self._gen, dtype=torch.float64)
+            slot[late] = (draw * (pos[late] + 1).double()).floor().long().clamp_max(pos[late])
+        rows = (slot < self.size).nonzero()[:, 0]
+        slot = slot[rows]
+        # Several rows of one write may draw the same slot: the last one wins, as if written one by one.
+        uniq, inv = torch.unique(slot, return_inverse=True)
+        last = torch.full((uniq.shape[0],), -1, dtype=torch.int64).scatter_reduce(0, inv, rows, "amax")
+        return last.to(device), uniq.to(device)
+
     @torch.no_grad()
-    def append(self, h: torch.Tensor, y: torch.Tensor) -> None:
-        """Write the rows of ``h (L, d)`` with labels ``y (L,)``, oldest first."""
+    def append(self, h: torch.Tensor, y: torch.Tensor, payload: torch.Tensor | None = None) -> None:
+        """Write the rows of ``h (L, d)`` with labels ``y (L,)`` (and ``payload (L, ...)``), oldest first."""
         self.check(h, y)
         n = h.shape[0]
+        self._check_payload(payload, n, h.device)
         if n == 0:
             return
-        if n > self.size:  # only the last `size` rows can survive
-            h, y = h[n - self.size:], y[n - self.size:]
-        start, n_new = self.count + (n - h.shape[0]), h.shape[0]
-        need = min(self.size, start + n_new)
-        cap = 0 if self._keys is None else self._keys.shape[0]
+        rows, slots = self._slots(n, h.device)
+        need = min(self.size, self.count + n)
+        cap = self.capacity
         if need > cap:
             new_cap = min(self.size, max(need, 2 * cap, 64))
-            keys = h.new_empty((new_cap, h.shape[1]))
-            values = torch.empty(new_cap, dtype=torch.int64, device=h.device)
-            if self._keys is not None and self._values is not None:  # not yet wrapped: slot == position
-                keys[:cap] = self._keys
-                values[:cap] = self._values
-            self._keys, self._values = keys, values
+
+            def grown(old: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+                t = like.new_empty((new_cap, *like.shape[1:]))
+                if old is not None:  # not yet full: the occupied slots are 0 .. cap-1
+                    t[:cap] = old
+                return t
+
+            self._keys = grown(self._keys, h)
+            self._values = grown(self._values, y.to(torch.int64))
+            if self.policy == "reservoir":
+                self._positions = grown(self._positions, torch.empty(1, dtype=torch.int64, device=h.device))
+            if payload is not None:
+                self._payload = grown(self._payload, payload)
         assert self._keys is not None and self._values is not None
-        slots = torch.remainder(torch.arange(start, start + n_new, device=h.device), self.size)
-        self._keys.index_copy_(0, slots, h.detach())
-        self._values.index_copy_(0, slots, y.to(torch.int64))
+        self._keys.index_copy_(0, slots, h.detach().index_select(0, rows))
+        self._values.index_copy_(0, slots, y.to(torch.int64).index_select(0, rows))
+        if self._positions is not None:
+            self._positions.index_copy_(0, slots, self.count + rows)
+        if payload is not None:
+            assert self._payload is not None
+            self._payload.index_copy_(0, slots, payload.detach().index_select(0, rows))
         self.count += n
 
 

@@ -73,6 +73,11 @@ class MbPA:
             what cannot be split further).
         base_cache_bytes: largest ``size × V`` table of the stored entries' base
             distributions kept for ``steps == 1`` (see the module docstring); 0 turns it off.
+        policy: which entries stay once ``size`` are stored: ``"recent"`` (the last ``size``,
+            for streams scored with :meth:`log_prob`) or ``"reservoir"`` (a uniform sample of
+            every entry written, for a continual learner's episodic memory, read with
+            :meth:`logits`); see :class:`fastbind.memory.knn.RingStore`.
+        seed: the reservoir's generator seed.
 
     The state is explicit (never in a state_dict); :meth:`reset` clears it. The memory lives
     on the device/dtype of the first ``h`` written; later inputs and the weights must match.
@@ -96,6 +101,8 @@ class MbPA:
         knn_backend: knn.Backend = "auto",
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
         base_cache_bytes: int = DEFAULT_BASE_CACHE_BYTES,
+        policy: knn.Policy = "recent",
+        seed: int = 0,
     ) -> None:
         self.size = positive_int(size, "size")
         self.k = positive_int(k, "k")
@@ -117,7 +124,7 @@ class MbPA:
         if isinstance(base_cache_bytes, bool) or not isinstance(base_cache_bytes, int) or base_cache_bytes < 0:
             raise ValueError(f"base_cache_bytes must be an integer >= 0, got {base_cache_bytes!r}")
         self.base_cache_bytes = base_cache_bytes
-        self._store = RingStore(self.size)
+        self._store = RingStore(self.size, policy, seed)
         self._probs: torch.Tensor | None = None  # (slots, V) base distributions, slot-aligned with the store
         self._probs_layer: tuple | None = None  # the output layer they were computed with
 
@@ -128,6 +135,11 @@ class MbPA:
     def __repr__(self) -> str:
         return (f"MbPA(size={self.size}, k={self.k}, steps={self.steps}, lr={self.lr}, l2={self.l2}, "
                 f"eps={self.eps}, stored={len(self)})")
+
+    @property
+    def store(self) -> RingStore:
+        """The episodic memory itself (keys, labels, payload), e.g. for experience replay."""
+        return self._store
 
     def reset(self) -> None:
         """Forget every entry (and the device/dtype they fixed)."""
@@ -148,9 +160,10 @@ class MbPA:
         self._probs = self._probs_layer = None
 
     @torch.no_grad()
-    def write(self, h: torch.Tensor, y: torch.Tensor) -> None:
-        """Append ``h (L, d)``, ``y (L,)`` without scoring them (e.g. to preload examples)."""
-        self._store.append(h, y)
+    def write(self, h: torch.Tensor, y: torch.Tensor, payload: torch.Tensor | None = None) -> None:
+        """Append ``h (L, d)``, ``y (L,)`` without scoring them (e.g. to preload examples), with an
+        optional ``payload (L, ...)`` kept beside each entry (e.g. the inputs, for replay)."""
+        self._store.append(h, y, payload)
         self._probs_layer = None  # no layer given: the next scoring call recomputes the base distributions
 
     @torch.no_grad()
@@ -171,6 +184,9 @@ class MbPA:
             ``(L,)`` log-probabilities; a query with no visible entry gets the unadapted
             model's ``log_softmax(W h_t + b)[y_t]``.
         """
+        if self._store.policy != "recent":
+            raise ValueError(f"log_prob scores a stream against its most recent entries; this memory keeps "
+                             f"policy={self._store.policy!r}: read it with logits()")
         self._store.check(h, y)
         V = self._check_layer(h, weight, bias)
         y = y.to(torch.int64)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fastbind.layers.hebbian_softmax import HebbianSoftmax
 
-__all__ = ["ConvClassifier", "ConvNetConfig", "ConvOutput", "conv_encoder"]
+__all__ = ["ConvClassifier", "ConvNetConfig", "ConvOutput", "conv_encoder", "mlp_encoder"]
 
 
 @dataclass
@@ -35,6 +35,11 @@ class ConvNetConfig:
     gamma: float = 0.1  # Hebbian γ
     T: int = 20  # Hebbian T
     objective: Literal["l2", "ip", "svm", "smax"] = "l2"
+    # "conv": the encoder above; "mlp": fully connected ReLU layers of the sizes in `hidden`
+    # on the flattened image (the continual-learning MLP, e.g. 784-1000-1000-10).
+    encoder: Literal["conv", "mlp"] = "conv"
+    hidden: tuple[int, ...] = (1000, 1000)
+    image_size: int = 28
 
 
 class ConvOutput(NamedTuple):
@@ -52,18 +57,33 @@ def conv_encoder(channels: int = 64, blocks: int = 4, in_channels: int = 1) -> n
     return nn.Sequential(*layers)
 
 
+def mlp_encoder(in_features: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """Flatten, then ``Linear → ReLU`` for each size in ``hidden``: (B, ...) → (B, hidden[-1])."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, width in enumerate(hidden):
+        layers += [nn.Linear(in_features if i == 0 else hidden[i - 1], width), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
 class ConvClassifier(nn.Module):
-    """Convnet encoder and a softmax or Hebbian Softmax head over a growing class set."""
+    """An image encoder (the convnet, or an MLP) and a softmax or Hebbian Softmax head over a
+    growing class set."""
 
     def __init__(self, cfg: ConvNetConfig) -> None:
         super().__init__()
         if cfg.max_classes <= 0:
             raise ValueError("ConvNetConfig.max_classes must be set (> 0)")
         self.cfg = cfg
-        self.encoder = conv_encoder(cfg.channels, cfg.blocks)
-        d = cfg.channels  # 28 → 14 → 7 → 3 → 1 after four poolings
-        with torch.no_grad():
-            d = self.encoder(torch.zeros(1, 1, 28, 28)).shape[1]
+        if cfg.encoder == "conv":
+            self.encoder = conv_encoder(cfg.channels, cfg.blocks)
+        elif cfg.encoder == "mlp":
+            if not cfg.hidden or min(cfg.hidden) < 1:
+                raise ValueError(f"hidden must be one or more positive sizes, got {cfg.hidden}")
+            self.encoder = mlp_encoder(cfg.image_size ** 2, tuple(cfg.hidden))
+        else:
+            raise ValueError(f"encoder must be 'conv' or 'mlp', got {cfg.encoder!r}")
+        with torch.no_grad():  # conv: 28 → 14 → 7 → 3 → 1 after four poolings
+            d = self.encoder(torch.zeros(1, 1, cfg.image_size, cfg.image_size)).shape[1]
         self.d = d
         if cfg.head == "hebbian":
             self.head: nn.Module = HebbianSoftmax(d, cfg.max_classes, gamma=cfg.gamma, T=cfg.T,
