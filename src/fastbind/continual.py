@@ -156,12 +156,13 @@ class ContinualConfig:
     momentum: float = 0.0
     hidden: tuple[int, ...] = (1000, 1000)  # the MLP's hidden layers (Fashion-MNIST)
     dropout: float = 0.0  # before the output layer (Omniglot's convnet: 0.2)
-    eval_examples: int = 2000  # test images per task in each evaluation (0: all); validation uses all
+    eval_examples: int = 2000  # test (and validation) images per task in each evaluation (0: all)
     mbpa: LocalAdaptation = field(default_factory=LocalAdaptation)
     ewc: EWCSettings = field(default_factory=EWCSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     hebbian: HebbianSettings = field(default_factory=HebbianSettings)
     max_minutes: float = 0.0  # stop this invocation (with checkpoints) after this long; 0 = off
+    stop_after: int = 0  # end this invocation after this many training steps; re-running resumes
     checkpoint_every: int = 500  # steps
     device: str = "cpu"  # cpu | auto | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -182,7 +183,7 @@ class ContinualConfig:
         for name in ("memory", "batch_size", "train_examples", "checkpoint_every", "old_classes"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, "must be >= 1")
-        for name in ("tasks", "steps_per_task", "eval_examples", "max_minutes", "threads"):
+        for name in ("tasks", "steps_per_task", "eval_examples", "max_minutes", "stop_after", "threads"):
             if not getattr(self, name) >= 0:
                 raise BadSetting(name, "must be >= 0")
         if self.tasks == 1:
@@ -286,16 +287,21 @@ def _floats(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- metrics
 
 
-def continual_metrics(R: list[list[float | None]]) -> dict[str, Any]:
+def continual_metrics(R: list[list[float] | None]) -> dict[str, Any]:
     """Average accuracy, forgetting, backward transfer and the average after each task, from the
-    lower-triangular accuracy matrix ``R[i][j]`` (rows: after task ``i``; ``R[i][j]`` for ``j ≤ i``)."""
+    lower-triangular accuracy matrix ``R[i][j]`` (rows: after task ``i``; ``R[i][j]`` for ``j ≤ i``).
+
+    A row may be None (not measured after that task): the curve has None there, and forgetting
+    and backward transfer, which need every row, are None."""
     T = len(R)
-    if T == 0:
-        return {"average_accuracy": None, "forgetting": None, "backward_transfer": None, "average_accuracy_curve": []}
-    curve = [sum(R[i][: i + 1]) / (i + 1) for i in range(T)]  # type: ignore[arg-type]
+    if T == 0 or R[-1] is None:
+        return {"average_accuracy": None, "forgetting": None, "backward_transfer": None,
+                "average_accuracy_curve": [None if row is None else sum(row[: i + 1]) / (i + 1)
+                                           for i, row in enumerate(R)]}
+    curve = [None if R[i] is None else sum(R[i][: i + 1]) / (i + 1) for i in range(T)]  # type: ignore[index]
     last = R[T - 1]
     forgetting = bwt = None
-    if T > 1:
+    if T > 1 and all(row is not None for row in R):
         forgetting = sum(max(R[i][j] for i in range(j, T - 1)) - last[j] for j in range(T - 1)) / (T - 1)  # type: ignore[type-var,operator]
         bwt = sum(last[j] - R[j][j] for j in range(T - 1)) / (T - 1)  # type: ignore[operator]
     return {"average_accuracy": curve[-1], "forgetting": forgetting, "backward_transfer": bwt,
@@ -307,7 +313,7 @@ def continual_metrics(R: list[list[float | None]]) -> dict[str, Any]:
 
 def _subset(task: Task, split: str, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = task.split(split)
-    if split == "test" and limit and x.shape[0] > limit:  # the same seeded sample at every evaluation
+    if limit and x.shape[0] > limit:  # the same seeded sample at every evaluation
         keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
         x, y = x[keep], y[keep]
     return x, y
@@ -412,10 +418,16 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
                                      "memory": memory.state_dict(), "ewc": ewc.state_dict() if ewc else None,
                                      "state": state, "rng": rng_state(), "config": to_dict(cfg)})
 
-    def evaluate(t: int, n: int) -> dict[str, dict[str, list[float]]]:
+    def evaluate(t: int, n: int) -> dict[str, dict[str, list[float] | None]]:
+        """After task t: the test split with and without MbPA; after the last task also the
+        validation split (what settings are chosen on) and MbPA over keys recomputed by the
+        final network (defined for the final network only)."""
         t0 = time.perf_counter()
-        mems = variant_memories(memory, model)
-        out = {s: accuracies(model, tasks[: t + 1], n, s, mems, cfg.eval_examples, seed) for s in SPLITS}
+        final = t == len(tasks) - 1
+        mems = variant_memories(memory, model) if final else {"base": None, "+mbpa": memory}
+        out: dict[str, dict[str, list[float] | None]] = {s: dict.fromkeys(VARIANTS) for s in SPLITS}
+        for s in SPLITS if final else ("test",):
+            out[s].update(accuracies(model, tasks[: t + 1], n, s, mems, cfg.eval_examples, seed))
         state["eval_seconds"] += time.perf_counter() - t0
         return out
 
@@ -425,8 +437,7 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         point: dict[str, Any] = {"step": step}
         for s in SPLITS:
             acc = accuracies(model, tasks, n_classes, s, mems, cfg.eval_examples, seed)
-            sizes = [min(t.split(s)[1].numel(), cfg.eval_examples or 10**18) if s == "test" else t.split(s)[1].numel()
-                     for t in tasks]
+            sizes = [min(t.split(s)[1].numel(), cfg.eval_examples or 10**18) for t in tasks]
             point[s] = {v: {"old": a[0], "new": a[1], "overall": (a[0] * sizes[0] + a[1] * sizes[1]) / sum(sizes)}
                         for v, a in acc.items()}
         state["arrival"].append(point)
@@ -436,7 +447,7 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
     done = sum(steps_of[: state["task"]]) + state["step"]
     bar = tqdm(total=total, initial=done, desc=run.name, dynamic_ncols=True, disable=not cfg.progress, unit="step")
     writer = run.metrics_writer(tensorboard=False)
-    stopped = False
+    stopped, steps_here = False, 0
     model.train()
     while state["task"] < len(tasks):
         t = state["task"]
@@ -482,7 +493,8 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
                 bar.set_postfix(task=f"{t + 1}/{len(tasks)}", loss=f"{float(loss.detach()):.3f}")
             if state["step"] % cfg.checkpoint_every == 0:
                 checkpoint()
-            if deadline is not None and time.perf_counter() > deadline:
+            steps_here += 1
+            if (deadline is not None and time.perf_counter() > deadline) or steps_here == cfg.stop_after:
                 stopped = True
                 break
         if stopped:
@@ -501,7 +513,8 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         for s in SPLITS:
             for v in VARIANTS:
                 state["matrix"][s][v].append(acc[s][v])
-        writer.log(done + steps_of[t], {"task": t + 1, **{f"test/{v}": sum(a) / len(a) for v, a in acc["test"].items()}})
+        writer.log(done + steps_of[t], {"task": t + 1, **{f"test/{v}": sum(a) / len(a)
+                                                          for v, a in acc["test"].items() if a}})
         state["task"], state["step"] = t + 1, 0
         done = sum(steps_of[: t + 1])
         checkpoint()
@@ -523,8 +536,9 @@ def results(cfg: ContinualConfig, tasks: list[Task], state: dict[str, Any], step
         splits[s] = {}
         for v in VARIANTS:
             rows = state["matrix"][s][v]
-            R = [[*row, *([None] * (T - len(row)))] for row in rows]
-            splits[s][v] = {"accuracy_matrix": R, **continual_metrics([row[: i + 1] for i, row in enumerate(R)])}
+            R = [[*row, *([None] * (T - len(row)))] if row is not None else [None] * T for row in rows]
+            splits[s][v] = {"accuracy_matrix": R, **continual_metrics(
+                [row[: i + 1] if rows[i] is not None else None for i, row in enumerate(R)])}
     m = cfg.mbpa
     mbpa = {"size": cfg.memory, "k": m.k, "steps": m.steps, "lr": m.lr, "l2": m.l2, "eps": m.eps, "lambda": 1.0,
             "policy": "reservoir"}
@@ -571,7 +585,10 @@ def run_continual(cfg: ContinualConfig) -> list[dict[str, Any]]:
         dataset = one.dataset[0]
         if dataset not in loaded:
             loaded[dataset] = load_images(cfg, dataset)
-        results_.append(train_one(one, build_tasks(one, loaded[dataset]), deadline))
+        result = train_one(one, build_tasks(one, loaded[dataset]), deadline)
+        results_.append(result)
+        if not result["finished"]:  # stopped by max_minutes or stop_after: the rest waits for the next slice
+            break
     return results_
 
 

@@ -17,7 +17,10 @@ writes into ``out``:
 * Omniglot curriculum runs (``curriculum``): ``steps_per_level.png``, ``classes_vs_steps.png``,
   ``report.md`` and the merged ``curriculum.json``, default ``out`` inside the first run;
 * catbAbI runs (``catbabi``): ``report.md`` (test accuracy per task) and ``accuracy.png``,
-  default ``out`` beside the first run.
+  default ``out`` beside the first run;
+* continual-learning runs (``continual``): ``report.md`` (average accuracy, forgetting, backward
+  transfer per method and variant), accuracy on task 1 and average accuracy as tasks
+  accumulate, new-class accuracy after arrival (``imbalanced``), default ``out`` inside the first run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from fastbind.errors import BadSetting, UserError
 from fastbind.report.catbabi import build_catbabi_report
 from fastbind.report.common import open_run
+from fastbind.report.continual import build_continual_report
 from fastbind.report.curriculum import build_curriculum_report
 from fastbind.report.lm import build_report
 from fastbind.training.config import format_help, parse_cli
@@ -83,6 +87,15 @@ def _catbabi(cfg: ReportConfig, run_dirs: list[str]) -> None:
         print(f"wrote {result[key]}")
 
 
+def _continual(cfg: ReportConfig, run_dirs: list[str]) -> None:
+    out = Path(cfg.out) if cfg.out else Path(run_dirs[0]) / "report"
+    result = build_continual_report(run_dirs, out, title=_title(cfg, "Continual learning"))
+    print(result["table"])
+    print(f"wrote {result['markdown']}")
+    for path in result["figures"].values():
+        print(f"wrote {path}")
+
+
 Report = Callable[[ReportConfig, list[str]], None]
 
 # The recipe named in a run folder -> the report of its family. Folders that tell nothing
@@ -92,6 +105,7 @@ REPORTS: dict[str | None, tuple[str, Report]] = {
     None: ("language-model", _lm),
     "curriculum": ("Omniglot curriculum", _curriculum),
     "catbabi": ("catbAbI", _catbabi),
+    "continual": ("continual-learning", _continual),
 }
 
 
