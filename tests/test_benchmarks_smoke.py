@@ -193,3 +193,12 @@ def test_bench_vocab_scale_variants(tmp_path, restore_threads):
     assert rows[0]["test_tokens"] == rows[1]["test_tokens"] > 0
     for r in rows:
         assert r["steps"] == 3 and 1 < r["test_ppl"] and math.isfinite(r["test_ppl"])
+
+
+def test_bench_continual(tmp_path, restore_threads):
+    out = tmp_path / "continual.json"
+    load_benchmark("bench_continual").main(["--quick", "--threads", "1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert [(r["memory"], r["k"], r["steps"]) for r in res["rows"]] == [(200, 10, 1), (200, 10, 2)]
+    assert all(r["plain_per_s"] > 0 and r["mbpa_per_s"] > 0 for r in res["rows"])
+    assert res["target_10k_images_s"] is None  # the target configuration is not in a quick run

@@ -15,7 +15,7 @@ lines over them)::
     sweep_run("runs/continual/permuted-ewc-lr0.03-lam100-s0", MbPASweep(k=(10, 100)))
 
 **The memory** (``memory=N`` entries, ``memory/`` :class:`~fastbind.memory.MbPA` with
-``policy="reservoir"``): every training example of the current task is written after its
+``policy="reservoir"``, distances taken from the search: test images are never stored): every training example of the current task is written after its
 optimizer step with its key (the penultimate layer's output, before dropout), its label and
 its input; a reservoir keeps a uniform sample of everything written, so each finished task
 keeps a share of the memory in proportion to its share of the stream.
@@ -81,9 +81,10 @@ DEFAULT_TASKS = {("permuted", "fashion-mnist"): 10, ("classes", "fashion-mnist")
 class LocalAdaptation:
     """MbPA at prediction time: K neighbours from the memory, ``steps`` local steps of ``lr``."""
 
-    k: int = 100
+    # The best of a K × lr screen on permuted Fashion-MNIST's validation split (docs/RESULTS.md).
+    k: int = 1024
     steps: int = 1
-    lr: float = 1.0
+    lr: float = 0.3
     l2: float = 0.1  # β of the pull back to the trained output layer
     eps: float = 1e-3  # kernel ε
 
@@ -276,7 +277,7 @@ def new_memory(cfg: ContinualConfig, size: int | None = None, settings: LocalAda
                seed: int = 0) -> MbPA:
     m = settings or cfg.mbpa
     return MbPA(size=size or cfg.memory, k=m.k, steps=m.steps, lr=m.lr, l2=m.l2, eps=m.eps, policy="reservoir",
-                seed=seed)
+                seed=seed, exact_distances=False)
 
 
 def _floats(x: torch.Tensor) -> torch.Tensor:
@@ -323,7 +324,7 @@ def _subset(task: Task, split: str, limit: int, seed: int) -> tuple[torch.Tensor
 def rekeyed(memory: MbPA, model: ConvClassifier, chunk: int = 1024) -> MbPA:
     """A copy of ``memory`` whose keys are recomputed by ``model`` from the stored inputs."""
     out = MbPA(size=memory.size, k=memory.k, steps=memory.steps, lr=memory.lr, l2=memory.l2, eps=memory.eps,
-               policy="reservoir")
+               policy="reservoir", exact_distances=memory.exact_distances)
     view, inputs = memory.store.view(), memory.store.payload()
     if view is None or inputs is None:
         return out
@@ -352,6 +353,15 @@ def variant_memories(memory: MbPA, model: ConvClassifier) -> dict[str, MbPA | No
 
 
 # --------------------------------------------------------------------------- one combination
+
+
+def tasks_digest(tasks: list[Task]) -> str:
+    """A fingerprint of a task sequence's data (every label, every image), to refuse resuming on other data."""
+    h = hashlib.sha1()
+    for t in tasks:
+        for part in (t.train_x, t.train_y, t.valid_y, t.test_x, t.test_y):
+            h.update(part.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _step_generator(seed: int, task: int, step: int) -> torch.Generator:
@@ -390,6 +400,10 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         check_resume(ck["config"], cfg, run.path)
     elif run.read_result("results") is not None:
         raise UserError(f"{run.path} has results but no checkpoint; use another out=")
+    digest = tasks_digest(tasks)
+    if ck is not None and ck.get("tasks_digest", digest) != digest:
+        raise UserError(f"{run.path} was trained on other task data than data={cfg.data} gives now; "
+                        "use the same data or another out=")
     n_classes = tasks[-1].n_seen
     torch.manual_seed(seed)
     model = build_model(cfg, n_classes).to(device)
@@ -416,7 +430,8 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
     def checkpoint() -> None:
         run.save_checkpoint("last", {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                      "memory": memory.state_dict(), "ewc": ewc.state_dict() if ewc else None,
-                                     "state": state, "rng": rng_state(), "config": to_dict(cfg)})
+                                     "state": state, "rng": rng_state(), "config": to_dict(cfg),
+                                     "tasks_digest": digest})
 
     def evaluate(t: int, n: int) -> dict[str, dict[str, list[float] | None]]:
         """After task t: the test split with and without MbPA; after the last task also the
@@ -628,9 +643,15 @@ def load_run(run_dir: str | Path, data: str | None = None, omniglot: str | None 
              data_dir: str | None = None, progress: bool = True) -> tuple[ContinualConfig, ConvClassifier, MbPA,
                                                                           list[Task]]:
     """A finished combination's config, final network, memory and tasks."""
-    run = RunFolder(run_dir).require()
+    run = RunFolder(run_dir, writer=False)
+    if not run.path.is_dir():
+        raise UserError(f"run folder not found: {str(run.path)!r}")
     if run.recipe() != "continual":
         raise UserError(f"{run.path} is not a continual run (made by {run.recipe() or 'no recipe'})")
+    if run.config_dict() is None:
+        subs = [s.name for s in run.subruns()]
+        raise UserError(f"{run.path} holds several combinations; name one of its sub-folders "
+                        f"({', '.join(subs[:3])}{', ...' if len(subs) > 3 else ''})")
     cfg = run.load_config(ContinualConfig)
     if len(combinations(cfg)) != 1:
         raise UserError(f"{run.path} holds several combinations; name one of its sub-folders")
@@ -651,7 +672,7 @@ def load_run(run_dir: str | Path, data: str | None = None, omniglot: str | None 
 def _subsampled(memory: MbPA, size: int, settings: LocalAdaptation, seed: int) -> MbPA:
     view = memory.store.view()
     out = MbPA(size=size or memory.size, k=settings.k, steps=settings.steps, lr=settings.lr, l2=settings.l2,
-               eps=settings.eps, policy="reservoir")
+               eps=settings.eps, policy="reservoir", exact_distances=memory.exact_distances)
     if view is None:
         return out
     keep = torch.arange(view[0].shape[0])
@@ -679,8 +700,14 @@ def sweep_run(run_dir: str | Path, grid: MbPASweep, split: str = "valid", *, dat
         acc = accuracies(model, tasks, n, split, {"+mbpa": mem}, cfg.eval_examples, seed)["+mbpa"]
         rows.append({"size": len(mem), "k": k, "steps": steps, "lr": lr, "l2": l2,
                      "average_accuracy": sum(acc) / len(acc), "per_task": acc, "seconds": time.perf_counter() - t0})
+    # Sweeps accumulate: rows of earlier calls stay unless this call measured the same setting again.
+    name = f"mbpa-sweep-{split}" + ("-rekey" if grid.rekey else "")
+    earlier = RunFolder(run_dir).read_result(name) or {}
+    ident = ("size", "k", "steps", "lr", "l2")
+    mine = {tuple(r[k] for k in ident) for r in rows}
+    rows = [r for r in earlier.get("rows", []) if tuple(r[k] for k in ident) not in mine] + rows
     record = {"split": split, "rekey": grid.rekey, "base": {"average_accuracy": sum(plain) / len(plain),
                                                              "per_task": plain}, "rows": rows,
               "method": cfg.method[0], "scenario": cfg.scenario[0], "seed": seed}
-    RunFolder(run_dir).write_result(f"mbpa-sweep-{split}", record)
+    RunFolder(run_dir).write_result(name, record)
     return record

@@ -40,7 +40,10 @@ Costs (V classes, d features, K neighbours, S candidate entries, per chunk of L 
   float32 about 400 MB, whatever the budget).
 
 The memory window is the neural cache's: a query sees the last ``size`` entries written
-before it (earlier calls, then earlier positions of the same chunk).
+before it (earlier calls, then earlier positions of the same chunk). With
+``policy="reservoir"`` the memory keeps a uniform sample of every entry written instead (a
+continual learner's episodic memory); it is read with :meth:`MbPA.logits`, which sees every
+stored entry and writes nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ class MbPA:
             every entry written, for a continual learner's episodic memory, read with
             :meth:`logits`); see :class:`fastbind.memory.knn.RingStore`.
         seed: the reservoir's generator seed.
+        exact_distances: recompute each neighbour's ``‖h_t − h_k‖²`` and ``h_tᵀh_k`` from the
+            gathered keys (exact, the default); False takes them from the search's
+            ``‖h_t‖² − 2 h_tᵀh_k + ‖h_k‖²`` (no gather of ``K × d`` numbers per query: several
+            times faster for wide keys and large K, at the price of cancellation where a
+            query nearly equals a stored key — harmless when queries are never stored, as for
+            a classifier's test set).
 
     The state is explicit (never in a state_dict); :meth:`reset` clears it. The memory lives
     on the device/dtype of the first ``h`` written; later inputs and the weights must match.
@@ -103,6 +112,7 @@ class MbPA:
         base_cache_bytes: int = DEFAULT_BASE_CACHE_BYTES,
         policy: knn.Policy = "recent",
         seed: int = 0,
+        exact_distances: bool = True,
     ) -> None:
         self.size = positive_int(size, "size")
         self.k = positive_int(k, "k")
@@ -125,6 +135,7 @@ class MbPA:
             raise ValueError(f"base_cache_bytes must be an integer >= 0, got {base_cache_bytes!r}")
         self.base_cache_bytes = base_cache_bytes
         self._store = RingStore(self.size, policy, seed)
+        self.exact_distances = bool(exact_distances)
         self._probs: torch.Tensor | None = None  # (slots, V) base distributions, slot-aligned with the store
         self._probs_layer: tuple | None = None  # the output layer they were computed with
 
@@ -346,7 +357,11 @@ class MbPA:
         valid = torch.isfinite(rank_d2)
         if not bool(valid.any()):
             return logits
-        d2, dots = self._pair_stats(q, keys_c, idx)  # exact ‖h_t − h_k‖² and h_tᵀh_k
+        if self.exact_distances:
+            d2, dots = self._pair_stats(q, keys_c, idx)  # exact ‖h_t − h_k‖² and h_tᵀh_k
+        else:  # from the search: h_tᵀh_k = (‖h_t‖² + ‖h_k‖² − d²) / 2
+            d2 = torch.where(valid, rank_d2, torch.zeros_like(rank_d2))
+            dots = 0.5 * (q.pow(2).sum(1, keepdim=True) + keys_c.pow(2).sum(1)[idx] - d2)
         w = torch.where(valid, 1.0 / (self.eps + d2), torch.zeros_like(d2))
         w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # rows with nothing visible stay 0
         if self.steps == 1:

@@ -40,7 +40,7 @@ def continual_records(run: RunFolder) -> list[dict[str, Any]]:
         if rec is None or "variants" not in rec:
             return None
         sweeps = {name[len("mbpa-sweep-"):]: folder.read_result(name)
-                  for name in folder.result_names("mbpa-sweep-*")}
+                  for name in folder.result_names("mbpa-sweep-*")}  # valid, test, valid-rekey, ...
         return {**rec, "run": folder.name, "sweeps": sweeps}
 
     own = record(run)
@@ -136,7 +136,7 @@ def sweep_table(records: list[dict[str, Any]]) -> str | None:
             if not sweep:
                 continue
             for row in sweep["rows"]:
-                lines.append(f"| {r['run']} | {split}{' (rekeyed)' if sweep.get('rekey') else ''} | "
+                lines.append(f"| {r['run']} | {split.replace('-rekey', ' (keys recomputed)')} | "
                              f"{100 * sweep['base']['average_accuracy']:.1f} | {row['size']} | {row['k']} | "
                              f"{row['steps']} | {row['lr']:g} | {row['l2']:g} | {100 * row['average_accuracy']:.1f} |")
     if not lines:
