@@ -89,19 +89,22 @@ def _reference_adapted_logits(q, keys, vals, W, b, k, steps, lr, l2, eps):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("steps", [1, 3])
-def test_mbpa_in_the_classifier_matches_a_per_query_autograd_reference(steps):
+def test_mbpa_in_the_classifier_matches_a_per_query_autograd_reference(steps, exact):
     torch.manual_seed(0)
     d, V, n = 6, 9, 5  # the head has 9 rows; 5 classes seen so far (masked head)
     keys, vals = torch.randn(40, d, dtype=torch.float64), torch.randint(n, (40,))
     W, b = torch.randn(V, d, dtype=torch.float64), torch.randn(V, dtype=torch.float64)
-    mbpa = MbPA(size=30, k=7, steps=steps, lr=0.7, l2=0.2, eps=1e-2, policy="reservoir", seed=1)
+    mbpa = MbPA(size=30, k=7, steps=steps, lr=0.7, l2=0.2, eps=1e-2, policy="reservoir", seed=1,
+                exact_distances=exact)
     mbpa.write(keys, vals)
     sk, sv, _ = mbpa.store.view()
     q = torch.randn(11, d, dtype=torch.float64)
     got = mbpa.logits(q, W[:n], b[:n])
     ref = _reference_adapted_logits(q, sk, sv, W[:n], b[:n], 7, steps, 0.7, 0.2, 1e-2)
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+    assert len(mbpa.store.view()[0]) == 30  # a reservoir of the 40 written
 
 
 def test_evaluation_leaves_the_memory_unchanged(tmp_path):

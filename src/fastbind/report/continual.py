@@ -145,11 +145,16 @@ def sweep_table(records: list[dict[str, Any]]) -> str | None:
                       "|---|---|---|---|---|---|---|---|---|", *lines])
 
 
+def _style(group: int, variant: str) -> dict[str, str]:
+    """One colour per group (method and settings), one line style per variant."""
+    dashes = {"base": "-", "+mbpa": "--", "+mbpa-rekey": ":"}
+    return {"color": line_style(group)["color"], "linestyle": dashes.get(variant, "-.")}
+
+
 def _curves_png(groups: list[dict[str, Any]], title: str, what: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    i = 0
-    for g in groups:
+    for gi, g in enumerate(groups):
         for v in g["runs"][0]["variants"]:
             if any(row is None or row[0] is None for row in g["runs"][0]["variants"][v]["accuracy_matrix"][:1]):
                 continue  # measured after the last task only (+mbpa-rekey): no curve
@@ -163,8 +168,7 @@ def _curves_png(groups: list[dict[str, Any]], title: str, what: str) -> bytes:
                     series.append([100 * c if c is not None else math.nan for c in curve]
                                   + [math.nan] * (len(R) - len(curve)))
             xs = list(range(1, len(series[0]) + 1))
-            band(ax, xs, series, line_style(i), f"{g['label']} {v}")
-            i += 1
+            band(ax, xs, series, _style(gi, v), f"{g['label']} {v}")
     ax.set_ylim(0, 100)
     ylabel = "accuracy on task 1 (%)" if what == "task1" else "average accuracy over tasks seen (%)"
     return curve_png(fig, ax, "tasks trained", ylabel, title)
@@ -173,8 +177,7 @@ def _curves_png(groups: list[dict[str, Any]], title: str, what: str) -> bytes:
 def _arrival_png(groups: list[dict[str, Any]], title: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    i = 0
-    for g in groups:
+    for gi, g in enumerate(groups):
         arrival = [r.get("arrival") or [] for r in g["runs"]]
         if not all(arrival):
             continue
@@ -182,8 +185,7 @@ def _arrival_png(groups: list[dict[str, Any]], title: str) -> bytes:
         for v in g["runs"][0]["variants"]:
             series = [[100 * next((p["test"][v]["new"] for p in a if p["step"] == s), math.nan) for s in steps]
                       for a in arrival]
-            band(ax, [max(s, 1) for s in steps], series, line_style(i), f"n={g['new_examples']} {g['label']} {v}")
-            i += 1
+            band(ax, steps, series, _style(gi, v), f"n={g['new_examples']} {g['label']} {v}")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_ylim(0, 100)
     return curve_png(fig, ax, "steps after the new classes arrive", "new-class test accuracy (%)", title)
