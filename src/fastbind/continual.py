@@ -621,6 +621,7 @@ class MbPASweep:
     l2: tuple[float, ...] = (0.1,)
     eps: float = 1e-3
     rekey: bool = False  # keys recomputed by the final network from the stored inputs
+    eval_examples: int = 0  # images per task and split (a seeded sample); 0: the run's own eval_examples
 
     def __post_init__(self) -> None:
         for name in ("size", "k", "steps", "lr", "l2"):
@@ -637,6 +638,8 @@ class MbPASweep:
             raise BadSetting("l2", "each value must be >= 0")
         if not self.eps > 0:
             raise BadSetting("eps", "must be > 0")
+        if self.eval_examples < 0:
+            raise BadSetting("eval_examples", "must be >= 0")
 
 
 def load_run(run_dir: str | Path, data: str | None = None, omniglot: str | None = None,
@@ -690,23 +693,27 @@ def sweep_run(run_dir: str | Path, grid: MbPASweep, split: str = "valid", *, dat
     cfg, model, memory, tasks = load_run(run_dir, data, omniglot, data_dir, progress)
     base_memory = rekeyed(memory, model) if grid.rekey else memory
     n, seed = tasks[-1].n_seen, cfg.seeds[0]
+    limit = grid.eval_examples or cfg.eval_examples
     rows = []
-    plain = accuracies(model, tasks, n, split, {"base": None}, cfg.eval_examples, seed)["base"]
+    plain = accuracies(model, tasks, n, split, {"base": None}, limit, seed)["base"]
     settings = list(itertools.product(grid.size, grid.k, grid.steps, grid.lr, grid.l2))
     for size, k, steps, lr, l2 in tqdm(settings, desc="mbpa sweep", disable=not progress):
         ad = LocalAdaptation(k=k, steps=steps, lr=lr, l2=l2, eps=grid.eps)
         mem = _subsampled(base_memory, size, ad, seed)
         t0 = time.perf_counter()
-        acc = accuracies(model, tasks, n, split, {"+mbpa": mem}, cfg.eval_examples, seed)["+mbpa"]
+        acc = accuracies(model, tasks, n, split, {"+mbpa": mem}, limit, seed)["+mbpa"]
         rows.append({"size": len(mem), "k": k, "steps": steps, "lr": lr, "l2": l2,
                      "average_accuracy": sum(acc) / len(acc), "per_task": acc, "seconds": time.perf_counter() - t0})
     # Sweeps accumulate: rows of earlier calls stay unless this call measured the same setting again.
-    name = f"mbpa-sweep-{split}" + ("-rekey" if grid.rekey else "")
+    # One file per split, key kind and sample size: rows measured on other samples never mix.
+    name = (f"mbpa-sweep-{split}" + ("-rekey" if grid.rekey else "")
+            + (f"-n{limit}" if limit != cfg.eval_examples else ""))
     earlier = RunFolder(run_dir).read_result(name) or {}
     ident = ("size", "k", "steps", "lr", "l2")
     mine = {tuple(r[k] for k in ident) for r in rows}
     rows = [r for r in earlier.get("rows", []) if tuple(r[k] for k in ident) not in mine] + rows
-    record = {"split": split, "rekey": grid.rekey, "base": {"average_accuracy": sum(plain) / len(plain),
+    record = {"name": name, "split": split, "rekey": grid.rekey, "eval_examples": limit,
+              "base": {"average_accuracy": sum(plain) / len(plain),
                                                              "per_task": plain}, "rows": rows,
               "method": cfg.method[0], "scenario": cfg.scenario[0], "seed": seed}
     RunFolder(run_dir).write_result(name, record)

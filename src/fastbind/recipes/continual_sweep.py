@@ -4,7 +4,8 @@ Evaluation only: each run's final network and episodic memory are loaded, and ev
 combination of memory size (a seeded uniform subset of the memory), K, local steps, local
 learning rate and L2 pull is evaluated on every task's ``split`` (``valid`` to choose settings,
 never ``test``; ``test`` to report them). The memory is only read. Writes
-``RUN_DIR/mbpa-sweep-<split>.json``. Usage::
+``RUN_DIR/mbpa-sweep-<split>.json`` (``-rekey`` with keys recomputed by the final network,
+``-n<N>`` with ``eval_examples=N`` images per task); a later sweep adds its rows to the file. Usage::
 
     fastbind continual-sweep runs/permuted/permuted-finetune-lr0.03-s0 k=10,100,1024 lr=0.1,1,10
     fastbind continual-sweep runs/permuted/*-s0 size=1000,10000 steps=1,5 split=test
@@ -55,5 +56,5 @@ def main(argv: list[str]) -> int:
         best = max(rec["rows"], key=lambda r: r["average_accuracy"])
         print(f"{run}: base {100 * rec['base']['average_accuracy']:.1f}%, best +mbpa "
               f"{100 * best['average_accuracy']:.1f}% at size {best['size']} k {best['k']} steps {best['steps']} "
-              f"lr {best['lr']:g} l2 {best['l2']:g} ({cfg.split}); wrote mbpa-sweep-{cfg.split}.json")
+              f"lr {best['lr']:g} l2 {best['l2']:g} ({cfg.split}); wrote {rec['name']}.json")
     return 0

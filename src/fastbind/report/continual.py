@@ -136,7 +136,8 @@ def sweep_table(records: list[dict[str, Any]]) -> str | None:
             if not sweep:
                 continue
             for row in sweep["rows"]:
-                lines.append(f"| {r['run']} | {split.replace('-rekey', ' (keys recomputed)')} | "
+                where = split.replace("-rekey", ", keys recomputed").replace("-n", ", images per task ")
+                lines.append(f"| {r['run']} | {where} | "
                              f"{100 * sweep['base']['average_accuracy']:.1f} | {row['size']} | {row['k']} | "
                              f"{row['steps']} | {row['lr']:g} | {row['l2']:g} | {100 * row['average_accuracy']:.1f} |")
     if not lines:
