@@ -163,7 +163,7 @@ class ContinualConfig:
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     hebbian: HebbianSettings = field(default_factory=HebbianSettings)
     max_minutes: float = 0.0  # stop this invocation (with checkpoints) after this long; 0 = off
-    stop_after: int = 0  # end this invocation after this many training steps; re-running resumes
+    stop_after: int = 0  # stop a combination after this many training steps in this invocation; re-running resumes
     checkpoint_every: int = 500  # steps
     device: str = "cpu"  # cpu | auto | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -197,6 +197,8 @@ class ContinualConfig:
             raise BadSetting("momentum", "must be >= 0")
         if not self.hidden or min(self.hidden) < 1:
             raise BadSetting("hidden", "needs one or more sizes >= 1")
+        if not all(round(r * self.batch_size) >= 1 for r in self.replay.ratio):
+            raise BadSetting("replay.ratio", f"must give at least one replayed example per batch of {self.batch_size}")
         if "imbalanced" in self.scenario and self.tasks not in (0, 2):
             raise BadSetting("tasks", "imbalanced has 2 tasks (old classes, then new ones): use 0 or 2")
         if "omniglot" in self.dataset and set(self.scenario) - {"classes"}:
@@ -253,6 +255,9 @@ def build_tasks(cfg: ContinualConfig, images: Any) -> list[Task]:
     """The task sequence of a single-valued config on the loaded data set."""
     scenario, dataset, seed = cfg.scenario[0], cfg.dataset[0], cfg.seeds[0]
     tasks = cfg.tasks or DEFAULT_TASKS[(scenario, dataset)]
+    shape = tuple(images.train_images.shape[1:])
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise UserError(f"{dataset}: the networks take square images, got {'×'.join(map(str, shape))}")
     try:
         if scenario == "permuted":
             valid = round(cfg.train_examples * cfg.valid_fraction / (1 - cfg.valid_fraction))
@@ -265,11 +270,12 @@ def build_tasks(cfg: ContinualConfig, images: Any) -> list[Task]:
         raise UserError(f"{scenario} on {dataset}: {exc}") from None
 
 
-def build_model(cfg: ContinualConfig, n_classes: int) -> ConvClassifier:
+def build_model(cfg: ContinualConfig, n_classes: int, image_size: int = 28) -> ConvClassifier:
     """The MLP (Fashion-MNIST) or the curriculum's convnet (Omniglot) with a softmax or Hebbian head."""
     conv = cfg.dataset[0] == "omniglot"
     return ConvClassifier(ConvNetConfig(
         max_classes=n_classes, encoder="conv" if conv else "mlp", hidden=tuple(cfg.hidden), dropout=cfg.dropout,
+        image_size=image_size,
         head="hebbian" if cfg.method[0] == "hebbian" else "softmax", gamma=cfg.hebbian.gamma, T=cfg.hebbian.T))
 
 
@@ -338,13 +344,14 @@ def rekeyed(memory: MbPA, model: ConvClassifier, chunk: int = 1024) -> MbPA:
 
 def accuracies(model: ConvClassifier, tasks: list[Task], n: int, split: str, memories: dict[str, MbPA | None],
                limit: int, seed: int) -> dict[str, list[float]]:
-    """Accuracy on each task's ``split`` (classes ``[0, n)``), per variant (``None``: the plain network)."""
+    """Accuracy on each task's ``split`` (classes ``[0, n)``), per variant (``None``: the plain network);
+    None for a task with no images in the split."""
     out: dict[str, list[float]] = {v: [] for v in memories}
     for j, task in enumerate(tasks):
         x, y = _subset(task, split, limit, seed + j)
         for variant, mem in memories.items():
             pred = predict(model, x, n, mem, 1.0 if mem is not None else 0.0)
-            out[variant].append(float((pred == y).float().mean()) if y.numel() else math.nan)
+            out[variant].append(float((pred.cpu() == y).float().mean()) if y.numel() else None)
     return out
 
 
@@ -356,7 +363,8 @@ def variant_memories(memory: MbPA, model: ConvClassifier) -> dict[str, MbPA | No
 
 
 def tasks_digest(tasks: list[Task]) -> str:
-    """A fingerprint of a task sequence's data (every label, every image), to refuse resuming on other data."""
+    """A fingerprint of a task sequence's data (every label, every training and test image), to refuse
+    resuming on other data."""
     h = hashlib.sha1()
     for t in tasks:
         for part in (t.train_x, t.train_y, t.valid_y, t.test_x, t.test_y):
@@ -385,8 +393,7 @@ def _batch_indices(pool_y: torch.Tensor, balanced: bool, bs: int, seed: int, tas
         take = torch.randperm(N, generator=_step_generator(seed, task, -1 - epoch))[offset:offset + need]
         parts.append(take)
         pos, need = pos + take.numel(), need - take.numel()
-    idx = parts
-    return torch.cat(idx)
+    return torch.cat(parts)
 
 
 def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = None) -> dict[str, Any]:
@@ -406,7 +413,7 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
                         "use the same data or another out=")
     n_classes = tasks[-1].n_seen
     torch.manual_seed(seed)
-    model = build_model(cfg, n_classes).to(device)
+    model = build_model(cfg, n_classes, tasks[0].train_x.shape[-1]).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum)
     memory = new_memory(cfg, seed=seed)
     ewc = EWC(cfg.ewc.lam[0]) if method == "ewc" else None
@@ -425,6 +432,7 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
     if scenario == "imbalanced" and not cfg.steps_per_task:
         steps_of[1] = max(steps_of[1], max(cfg.eval_at))  # the curve's last point needs that many steps
     replay_n = round(cfg.replay.ratio[0] * cfg.batch_size) if method == "replay" else 0
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     fisher_loss = (lambda mod, xi, yi, n: F.cross_entropy(mod(xi, n).logits, yi))
 
     def checkpoint() -> None:
@@ -459,8 +467,8 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         state["eval_seconds"] += time.perf_counter() - t0
 
     total = sum(steps_of)
-    done = sum(steps_of[: state["task"]]) + state["step"]
-    bar = tqdm(total=total, initial=done, desc=run.name, dynamic_ncols=True, disable=not cfg.progress, unit="step")
+    done = sum(steps_of[: state["task"]])  # steps of the finished tasks
+    bar = tqdm(total=total, initial=done + state["step"], desc=run.name, dynamic_ncols=True, disable=not cfg.progress, unit="step")
     writer = run.metrics_writer(tensorboard=False)
     stopped, steps_here = False, 0
     model.train()
@@ -491,15 +499,20 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
                 x = torch.cat([x, _floats(inputs[pick.to(inputs.device)]).to(device)])
                 y = torch.cat([y, stored[1][pick.to(stored[1].device)].to(device)])
             out = model(x, n)
+            keys = out.features.detach()[: idx.shape[0]]
+            if batch_norm:  # keys in the feature map queries see: running statistics, not this batch's
+                with torch.no_grad():
+                    model.eval()
+                    keys = model.features(x[: idx.shape[0]])
+                    model.train()
             loss = F.cross_entropy(out.logits, y)
             if ewc is not None:
                 loss = loss + ewc.penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            feats = out.features.detach()[: idx.shape[0]]
-            model.memorize(feats, y[: idx.shape[0]], n)
-            memory.write(feats, y[: idx.shape[0]], payload=xb_raw.to(device))
+            model.memorize(out.features.detach()[: idx.shape[0]], y[: idx.shape[0]], n)
+            memory.write(keys, y[: idx.shape[0]], payload=xb_raw.to(device))
             state["step"] += 1
             state["seconds"] += time.perf_counter() - t0
             bar.update(1)
@@ -514,11 +527,10 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
                 break
         if stopped:
             break
-        if scenario == "imbalanced" and t == 1:
-            for s in cfg.eval_at:
-                if s >= steps_of[t] and not any(p["step"] == s for p in state["arrival"]):
-                    arrival_point(steps_of[t])  # budget shorter than the point: recorded at the end
-        if ewc is not None:
+        if scenario == "imbalanced" and t == 1 and any(s >= steps_of[t] for s in cfg.eval_at) and not any(
+                p["step"] == steps_of[t] for p in state["arrival"]):
+            arrival_point(steps_of[t])  # points past the task's steps: recorded once, at its end
+        if ewc is not None and t < len(tasks) - 1:  # the last task's term would never be used
             m = min(cfg.ewc.fisher_examples, task.train_y.shape[0])
             pick = torch.randperm(task.train_y.shape[0], generator=_step_generator(seed, t, -10**9))[:m]
             fisher = diagonal_fisher(model, lambda mod, xi, yi: fisher_loss(mod, xi, yi, n),
@@ -536,9 +548,10 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         run.write_result("results", results(cfg, tasks, state, steps_of, finished=state["task"] == len(tasks)))
     bar.close()
     writer.close()
-    checkpoint()
     result = results(cfg, tasks, state, steps_of, finished=state["task"] == len(tasks))
-    run.write_result("results", result)
+    if stopped:  # otherwise the end of the last task has just saved both
+        checkpoint()
+        run.write_result("results", result)
     return result
 
 
@@ -591,8 +604,12 @@ def run_continual(cfg: ContinualConfig) -> list[dict[str, Any]]:
     loaded: dict[str, Any] = {}
     results_ = []
     for one in combinations(cfg):
-        done = RunFolder(one.out).read_result("results")
+        folder = RunFolder(one.out)
+        done = folder.read_result("results")
         if done is not None and done.get("finished"):
+            saved = folder.config_dict()
+            if saved is not None:  # a finished run is only returned for the settings that made it
+                check_resume(saved, one, folder.path)
             results_.append(done)
             continue
         if deadline is not None and time.perf_counter() > deadline:
@@ -665,7 +682,10 @@ def load_run(run_dir: str | Path, data: str | None = None, omniglot: str | None 
                   progress=progress)
     ck, _ = run.load_checkpoint("last")
     tasks = build_tasks(cfg, load_images(cfg, cfg.dataset[0]))
-    model = build_model(cfg, tasks[-1].n_seen)
+    if ck.get("tasks_digest", tasks_digest(tasks)) != tasks_digest(tasks):
+        raise UserError(f"{run.path} was trained on other task data than data={cfg.data} gives now; "
+                        "point data= at the data it was trained on")
+    model = build_model(cfg, tasks[-1].n_seen, tasks[0].train_x.shape[-1])
     model.load_state_dict(ck["model"])
     memory = new_memory(cfg, seed=cfg.seeds[0])
     memory.load_state_dict(ck["memory"])
@@ -702,16 +722,16 @@ def sweep_run(run_dir: str | Path, grid: MbPASweep, split: str = "valid", *, dat
         mem = _subsampled(base_memory, size, ad, seed)
         t0 = time.perf_counter()
         acc = accuracies(model, tasks, n, split, {"+mbpa": mem}, limit, seed)["+mbpa"]
-        rows.append({"size": len(mem), "k": k, "steps": steps, "lr": lr, "l2": l2,
+        rows.append({"size": len(mem), "k": k, "steps": steps, "lr": lr, "l2": l2, "eps": grid.eps,
                      "average_accuracy": sum(acc) / len(acc), "per_task": acc, "seconds": time.perf_counter() - t0})
     # Sweeps accumulate: rows of earlier calls stay unless this call measured the same setting again.
     # One file per split, key kind and sample size: rows measured on other samples never mix.
     name = (f"mbpa-sweep-{split}" + ("-rekey" if grid.rekey else "")
             + (f"-n{limit}" if limit != cfg.eval_examples else ""))
     earlier = RunFolder(run_dir).read_result(name) or {}
-    ident = ("size", "k", "steps", "lr", "l2")
-    mine = {tuple(r[k] for k in ident) for r in rows}
-    rows = [r for r in earlier.get("rows", []) if tuple(r[k] for k in ident) not in mine] + rows
+    ident = ("size", "k", "steps", "lr", "l2", "eps")
+    mine = {tuple(r.get(k, 1e-3) for k in ident) for r in rows}
+    rows = [r for r in earlier.get("rows", []) if tuple(r.get(k, 1e-3) for k in ident) not in mine] + rows
     record = {"name": name, "split": split, "rekey": grid.rekey, "eval_examples": limit,
               "base": {"average_accuracy": sum(plain) / len(plain),
                                                              "per_task": plain}, "rows": rows,

@@ -374,7 +374,8 @@ def format_table(result: dict, title: str) -> str:
 @torch.no_grad()
 def predict(model, images: torch.Tensor, n: int, mbpa: MbPA | None = None, lam: float = 0.0,
             chunk: int = 512) -> torch.Tensor:
-    """Predicted classes in ``[0, n)`` for uint8 images ``(N, H, W)`` (ink 255), in eval mode.
+    """Predicted classes in ``[0, n)`` for uint8 images ``(N, H, W)`` (ink 255), in eval mode, on the
+    model's device (the images are moved there chunk by chunk).
 
     ``model`` is a classifier over a growing class set with ``features(x)``,
     ``classify(features, n)`` and ``output_layer(n)`` (e.g.
@@ -387,7 +388,7 @@ def predict(model, images: torch.Tensor, n: int, mbpa: MbPA | None = None, lam: 
     preds = []
     W, b = model.output_layer(n)
     for i in range(0, images.shape[0], chunk):
-        x = images[i : i + chunk].float().div_(255).unsqueeze(1)
+        x = images[i : i + chunk].to(W.device).float().div_(255).unsqueeze(1)
         f = model.features(x)
         logits = model.classify(f, n)
         if mbpa is not None and len(mbpa) and lam > 0:

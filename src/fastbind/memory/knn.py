@@ -183,8 +183,8 @@ class RingStore:
             for name in ("positions", "payload"):
                 if state.get(name) is not None:
                     setattr(self, f"_{name}", state[name].clone())
-        if state.get("generator") is not None:
-            self._gen.set_state(state["generator"])
+        if state.get("generator") is not None:  # a checkpoint mapped to a GPU moves it there too
+            self._gen.set_state(state["generator"].cpu().to(torch.uint8))
         self.count = int(state["count"])
 
     def _slots(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

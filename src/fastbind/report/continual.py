@@ -120,7 +120,9 @@ def arrival_table(groups: list[dict[str, Any]], split: str = "test") -> str | No
                 rows.append((g, v, part, steps, cells))
     if not rows:
         return None
-    steps = rows[0][3]
+    steps = sorted({s for row in rows for s in row[3]})  # every group's points; missing cells print as –
+    rows = [(g, v, part, steps, [dict(zip(own, cells, strict=True)).get(s, MISSING) for s in steps])
+            for g, v, part, own, cells in rows]
     lines = ["| new examples per class | method | variant | accuracy on | " + " | ".join(f"step {s}" for s in steps) + " |",
              "|---|---|---|---|" + "---|" * len(steps)]
     for g, v, part, _, cells in rows:
@@ -159,16 +161,16 @@ def _curves_png(groups: list[dict[str, Any]], title: str, what: str) -> bytes:
         for v in g["runs"][0]["variants"]:
             if any(row is None or row[0] is None for row in g["runs"][0]["variants"][v]["accuracy_matrix"][:1]):
                 continue  # measured after the last task only (+mbpa-rekey): no curve
+            T = max(len(r["tasks"]) for r in g["runs"])  # seeds may have finished different numbers of tasks
             series = []
             for r in g["runs"]:
                 R = r["variants"][v]["accuracy_matrix"]
                 if what == "task1":
-                    series.append([100 * row[0] if row[0] is not None else math.nan for row in R])
+                    ys = [100 * row[0] if row[0] is not None else math.nan for row in R]
                 else:
-                    curve = r["variants"][v]["average_accuracy_curve"]
-                    series.append([100 * c if c is not None else math.nan for c in curve]
-                                  + [math.nan] * (len(R) - len(curve)))
-            xs = list(range(1, len(series[0]) + 1))
+                    ys = [100 * c if c is not None else math.nan for c in r["variants"][v]["average_accuracy_curve"]]
+                series.append(ys + [math.nan] * (T - len(ys)))
+            xs = list(range(1, T + 1))
             band(ax, xs, series, _style(gi, v), f"{g['label']} {v}")
     ax.set_ylim(0, 100)
     ylabel = "accuracy on task 1 (%)" if what == "task1" else "average accuracy over tasks seen (%)"
