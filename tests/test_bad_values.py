@@ -197,6 +197,7 @@ CASES: list[tuple[str, str, str]] = [
     ("continual", "ewc.lambda=-1", "values >= 0"),
     ("continual", "ewc.fisher_examples=0", "must be >= 1"),
     ("continual", "replay.ratio=0", "values > 0"),
+    ("continual", "replay.ratio=0.01", "at least one replayed example per batch of 32"),
     ("continual", "hebbian.gamma=2", "must lie in [0, 1]"),
     ("continual", "hebbian.T=-1", "must be >= 0"),
 ]

@@ -175,23 +175,35 @@ def _digest(model_state: dict) -> list:
     return [(k, v.double().sum().item()) for k, v in sorted(model_state.items())]
 
 
-@pytest.mark.parametrize("method", ["ewc", "replay", "hebbian"])
-def test_resumed_run_equals_uninterrupted(tmp_path, method):
+@pytest.mark.parametrize("scenario,method,slice_steps", [
+    ("permuted", "ewc", 4),  # stops inside tasks
+    ("permuted", "replay", 5),  # stops exactly at task boundaries
+    ("permuted", "hebbian", 3),
+    ("imbalanced", "replay", 4),  # across the arrival points
+])
+def test_resumed_run_equals_uninterrupted(tmp_path, scenario, method, slice_steps):
+    from fastbind.runs import RunFolder
     data = _images()
-    kw = dict(scenario=("permuted",), method=(method,), tasks=3, steps_per_task=5, memory=30)
+    kw = dict(scenario=(scenario,), method=(method,), tasks=2 if scenario == "imbalanced" else 3, steps_per_task=5,
+              memory=30, new_examples=(3,), eval_at=(0, 2, 5, 9))
     whole = train_one(_small(tmp_path / "whole", **kw), build_tasks(_small(tmp_path, **kw), data))
     sliced = tmp_path / "sliced"
-    for _ in range(4):  # 4 + 4 + 4 + 3 steps: stops inside tasks 1, 2 and 3
-        part = train_one(_small(sliced, stop_after=4, **kw), build_tasks(_small(tmp_path, **kw), data))
+    for _ in range(20):
+        part = train_one(_small(sliced, stop_after=slice_steps, **kw), build_tasks(_small(tmp_path, **kw), data))
+        if part["finished"]:
+            break
     assert part["finished"]
-    for key in ("variants", "valid"):
-        assert part[key] == whole[key]
-    from fastbind.runs import RunFolder
+    for key in ("variants", "valid", "arrival"):
+        assert part.get(key) == whole.get(key)
     a, _ = RunFolder(tmp_path / "whole").load_checkpoint("last")
     b, _ = RunFolder(sliced).load_checkpoint("last")
     assert _digest(a["model"]) == _digest(b["model"])
     for key in ("keys", "values", "positions", "payload"):
         assert torch.equal(a["memory"][key], b["memory"][key])
+    from fastbind.runs import metrics_by_step
+    ma = metrics_by_step(RunFolder(tmp_path / "whole").read_metrics())
+    mb = metrics_by_step(RunFolder(sliced).read_metrics())
+    assert ma == mb
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -295,6 +307,20 @@ def test_commands_end_to_end(tmp_path, capsys):
     md = (out / "report" / "report.md").read_text()
     assert "| permuted | finetune, lr 0.03 | +mbpa |" in md and "MbPA sweeps" in md
     assert (out / "report" / "permuted_task1.png").stat().st_size > 1000
+
+
+def test_report_with_a_partial_seed(tmp_path):
+    from fastbind.report.continual import build_continual_report
+    data = _images()
+    out = tmp_path / "runs"
+    kw = dict(scenario=("permuted",), method=("finetune",), tasks=3)
+    train_one(_small(out / "a-s0", seeds=(0,), **kw), build_tasks(_small(tmp_path, **kw), data))
+    train_one(_small(out / "a-s1", seeds=(1,), stop_after=8, **kw), build_tasks(_small(tmp_path, seeds=(1,), **kw), data))
+    from fastbind.runs import RunFolder
+    RunFolder(out).mark("continual")
+    res = build_continual_report([out], tmp_path / "rep")
+    assert "| 2 | 1/3 |" in res["table"]  # two seeds, the slower one through task 1 of 3
+    assert (tmp_path / "rep" / "permuted_task1.png").stat().st_size > 1000
 
 
 def test_sweep_refuses_unfinished_and_foreign_runs(tmp_path, capsys):
