@@ -460,7 +460,8 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         point: dict[str, Any] = {"step": step}
         for s in SPLITS:
             acc = accuracies(model, tasks, n_classes, s, mems, cfg.eval_examples, seed)
-            sizes = [min(t.split(s)[1].numel(), cfg.eval_examples or 10**18) for t in tasks]
+            sizes = [t.split(s)[1].numel() for t in tasks]  # the accuracy over all classes' images, estimated
+            # from each task's sample (the samples are capped alike, the classes' shares are not)
             point[s] = {v: {"old": a[0], "new": a[1], "overall": (a[0] * sizes[0] + a[1] * sizes[1]) / sum(sizes)}
                         for v, a in acc.items()}
         state["arrival"].append(point)
