@@ -54,7 +54,7 @@ from fastbind.data.idx import load_image_set
 from fastbind.data.omniglot import load_omniglot
 from fastbind.data.tasks import Task, class_split_tasks, imbalanced_tasks, permuted_tasks
 from fastbind.errors import BadSetting, UserError
-from fastbind.evaluation import predict
+from fastbind.evaluation import check_local_adaptation, predict
 from fastbind.memory import MbPA
 from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder, check_resume
@@ -89,14 +89,7 @@ class LocalAdaptation:
     eps: float = 1e-3  # kernel ε
 
     def __post_init__(self) -> None:
-        for name in ("k", "steps"):
-            if getattr(self, name) < 1:
-                raise BadSetting(name, "must be >= 1")
-        for name in ("lr", "eps"):
-            if not getattr(self, name) > 0:
-                raise BadSetting(name, "must be > 0")
-        if not self.l2 >= 0:
-            raise BadSetting("l2", "must be >= 0")
+        check_local_adaptation(self)
 
 
 @dataclass

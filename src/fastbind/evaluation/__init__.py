@@ -101,6 +101,20 @@ class CacheSettings:
         return {"size": self.size, "theta": self.theta, "lambda": self.lam}
 
 
+def check_local_adaptation(settings: Any) -> None:
+    """MbPA's own bounds on ``k``, ``steps``, ``lr``, ``l2`` and ``eps``, for every settings section that
+    configures one (``lm-eval``'s ``mbpa``, the curriculum's MbPA head, the continual learner's)."""
+    for name in ("k", "steps"):
+        if getattr(settings, name) < 1:
+            raise BadSetting(name, f"must be >= 1, got {getattr(settings, name)}")
+    if not settings.lr > 0:
+        raise BadSetting("lr", f"must be > 0, got {settings.lr}")
+    if not settings.l2 >= 0:
+        raise BadSetting("l2", f"must be >= 0, got {settings.l2}")
+    if not settings.eps > 0:
+        raise BadSetting("eps", f"must be > 0, got {settings.eps}")
+
+
 @dataclass
 class MbPASettings:
     """MbPA (Sprechmann et al. 2018); on when ``lambda > 0`` (the paper: K 1024, 1 step, lr 0.3, l2 0.5, λ 0.04)."""
@@ -121,15 +135,9 @@ class MbPASettings:
         _check_lambda(self.lam)
         if self.size < 0:
             raise BadSetting("size", f"must be >= 1, or 0 for the cache's size, got {self.size}")
-        for name in ("k", "steps", "stride"):
-            if getattr(self, name) < 1:
-                raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise BadSetting("lr", f"must be > 0, got {self.lr}")
-        if not self.l2 >= 0:
-            raise BadSetting("l2", f"must be >= 0, got {self.l2}")
-        if not self.eps > 0:
-            raise BadSetting("eps", f"must be > 0, got {self.eps}")
+        if self.stride < 1:
+            raise BadSetting("stride", f"must be >= 1, got {self.stride}")
+        check_local_adaptation(self)
 
     def record(self) -> dict[str, Any]:
         """These settings as a variant's ``settings["mbpa"]`` (resolve ``size=0`` first)."""

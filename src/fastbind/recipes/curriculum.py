@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from fastbind.data.omniglot import Omniglot, augment, load_omniglot
 from fastbind.errors import BadSetting, UserError
-from fastbind.evaluation import accuracy
+from fastbind.evaluation import accuracy, check_local_adaptation
 from fastbind.memory import MbPA
 from fastbind.models.convnet import ConvClassifier, ConvNetConfig
 from fastbind.runs import RunFolder, check_resume
@@ -63,14 +63,9 @@ class MbPAHeadSettings:
     eps: float = 1e-3
 
     def __post_init__(self) -> None:  # MbPA's own limits, checked while the command line is read
-        for name in ("size", "k", "steps"):
-            if getattr(self, name) < 1:
-                raise BadSetting(name, "must be >= 1")
-        for name in ("lr", "eps"):
-            if not getattr(self, name) > 0:
-                raise BadSetting(name, "must be > 0")
-        if not self.l2 >= 0:
-            raise BadSetting("l2", "must be >= 0")
+        if self.size < 1:
+            raise BadSetting("size", "must be >= 1")
+        check_local_adaptation(self)
         if not 0.0 <= self.lam <= 1.0:
             raise BadSetting("lam", "must lie in [0, 1]")
 
