@@ -272,11 +272,15 @@ def build_model(cfg: ContinualConfig, n_classes: int, image_size: int = 28) -> C
         head="hebbian" if cfg.method[0] == "hebbian" else "softmax", gamma=cfg.hebbian.gamma, T=cfg.hebbian.T))
 
 
-def new_memory(cfg: ContinualConfig, size: int | None = None, settings: LocalAdaptation | None = None,
-               seed: int = 0) -> MbPA:
-    m = settings or cfg.mbpa
-    return MbPA(size=size or cfg.memory, k=m.k, steps=m.steps, lr=m.lr, l2=m.l2, eps=m.eps, policy="reservoir",
-                seed=seed, exact_distances=False)
+def _reservoir(size: int, m: Any, exact_distances: bool = False, seed: int = 0) -> MbPA:
+    """An empty reservoir memory of ``size`` entries adapting with ``m``'s k, steps, lr, l2 and eps."""
+    return MbPA(size=size, k=m.k, steps=m.steps, lr=m.lr, l2=m.l2, eps=m.eps, policy="reservoir", seed=seed,
+                exact_distances=exact_distances)
+
+
+def new_memory(cfg: ContinualConfig, seed: int = 0) -> MbPA:
+    """The episodic memory of a run: ``memory`` entries, distances from the search (test images are never stored)."""
+    return _reservoir(cfg.memory, cfg.mbpa, False, seed)
 
 
 def _floats(x: torch.Tensor) -> torch.Tensor:
@@ -322,8 +326,7 @@ def _subset(task: Task, split: str, limit: int, seed: int) -> tuple[torch.Tensor
 @torch.no_grad()
 def rekeyed(memory: MbPA, model: ConvClassifier, chunk: int = 1024) -> MbPA:
     """A copy of ``memory`` whose keys are recomputed by ``model`` from the stored inputs."""
-    out = MbPA(size=memory.size, k=memory.k, steps=memory.steps, lr=memory.lr, l2=memory.l2, eps=memory.eps,
-               policy="reservoir", exact_distances=memory.exact_distances)
+    out = _reservoir(memory.size, memory, memory.exact_distances)
     view, inputs = memory.store.view(), memory.store.payload()
     if view is None or inputs is None:
         return out
@@ -688,8 +691,7 @@ def load_run(run_dir: str | Path, data: str | None = None, omniglot: str | None 
 
 def _subsampled(memory: MbPA, size: int, settings: LocalAdaptation, seed: int) -> MbPA:
     view = memory.store.view()
-    out = MbPA(size=size or memory.size, k=settings.k, steps=settings.steps, lr=settings.lr, l2=settings.l2,
-               eps=settings.eps, policy="reservoir", exact_distances=memory.exact_distances)
+    out = _reservoir(size or memory.size, settings, memory.exact_distances)
     if view is None:
         return out
     keep = torch.arange(view[0].shape[0])
