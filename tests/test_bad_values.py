@@ -200,6 +200,7 @@ CASES: list[tuple[str, str, str]] = [
     ("continual", "replay.ratio=0.01", "at least one replayed example per batch of 32"),
     ("continual", "hebbian.gamma=2", "must lie in [0, 1]"),
     ("continual", "hebbian.T=-1", "must be >= 0"),
+    ("continual", "memory_policy=fifo", "is not one of reservoir, recent"),
 ]
 
 

@@ -144,7 +144,10 @@ class ContinualConfig:
     new_examples: tuple[int, ...] = (1, 5, 50, 500)  # imbalanced: training images per new class
     old_classes: int = 8  # imbalanced: classes learnt first
     eval_at: tuple[int, ...] = (0, 10, 50, 100, 500, 1000)  # imbalanced: steps after the new classes arrive
-    memory: int = 10000  # episodic memory entries (reservoir sample of every training example)
+    memory: int = 10000  # episodic memory entries
+    # reservoir: a uniform sample of every training example (each task keeps its share); recent:
+    # the last `memory` examples, the paper's first-in-first-out buffer (evicts the first task first)
+    memory_policy: Literal["reservoir", "recent"] = "reservoir"
     batch_size: int = 32
     lr: tuple[float, ...] = (0.03,)  # SGD learning rate of the network (a list runs each)
     momentum: float = 0.0
@@ -203,7 +206,8 @@ class ContinualConfig:
 
 
 def combination_name(scenario: str, dataset: str, method: str, lr: float, seed: int, *,
-                     new_examples: int | None = None, lam: float | None = None, ratio: float | None = None) -> str:
+                     new_examples: int | None = None, lam: float | None = None, ratio: float | None = None,
+                     policy: str = "reservoir") -> str:
     parts = [scenario]
     if dataset != "fashion-mnist":
         parts.append(dataset)
@@ -214,6 +218,8 @@ def combination_name(scenario: str, dataset: str, method: str, lr: float, seed: 
         parts.append(f"lam{lam:g}")
     if ratio is not None:
         parts.append(f"mix{ratio:g}")
+    if policy != "reservoir":
+        parts.append(policy)
     return "-".join(parts + [f"s{seed}"])
 
 
@@ -229,7 +235,8 @@ def combinations(cfg: ContinualConfig) -> list[ContinualConfig]:
         lams = cfg.ewc.lam if method == "ewc" else (None,)
         ratios = cfg.replay.ratio if method == "replay" else (None,)
         for n, lam, ratio in itertools.product(news, lams, ratios):
-            name = combination_name(scenario, dataset, method, lr, seed, new_examples=n, lam=lam, ratio=ratio)
+            name = combination_name(scenario, dataset, method, lr, seed, new_examples=n, lam=lam, ratio=ratio,
+                                    policy=cfg.memory_policy)
             if name in seen:
                 continue
             seen.add(name)
@@ -272,15 +279,16 @@ def build_model(cfg: ContinualConfig, n_classes: int, image_size: int = 28) -> C
         head="hebbian" if cfg.method[0] == "hebbian" else "softmax", gamma=cfg.hebbian.gamma, T=cfg.hebbian.T))
 
 
-def _reservoir(size: int, m: Any, exact_distances: bool = False, seed: int = 0) -> MbPA:
-    """An empty reservoir memory of ``size`` entries adapting with ``m``'s k, steps, lr, l2 and eps."""
-    return MbPA(size=size, k=m.k, steps=m.steps, lr=m.lr, l2=m.l2, eps=m.eps, policy="reservoir", seed=seed,
-                exact_distances=exact_distances)
+def _reservoir(size: int, m: Any, exact_distances: bool = False, seed: int = 0, policy: str = "reservoir") -> MbPA:
+    """An empty memory of ``size`` entries adapting with ``m``'s k, steps, lr, l2 and eps (a reservoir
+    unless said otherwise; a copy written in one call of at most ``size`` rows keeps them all either way)."""
+    return MbPA(size=size, k=m.k, steps=m.steps, lr=m.lr, l2=m.l2, eps=m.eps, policy=policy,  # type: ignore[arg-type]
+                seed=seed, exact_distances=exact_distances)
 
 
 def new_memory(cfg: ContinualConfig, seed: int = 0) -> MbPA:
     """The episodic memory of a run: ``memory`` entries, distances from the search (test images are never stored)."""
-    return _reservoir(cfg.memory, cfg.mbpa, False, seed)
+    return _reservoir(cfg.memory, cfg.mbpa, False, seed, cfg.memory_policy)
 
 
 def _floats(x: torch.Tensor) -> torch.Tensor:
@@ -566,10 +574,10 @@ def results(cfg: ContinualConfig, tasks: list[Task], state: dict[str, Any], step
                 [row[: i + 1] if rows[i] is not None else None for i, row in enumerate(R)])}
     m = cfg.mbpa
     mbpa = {"size": cfg.memory, "k": m.k, "steps": m.steps, "lr": m.lr, "l2": m.l2, "eps": m.eps, "lambda": 1.0,
-            "policy": "reservoir"}
+            "policy": cfg.memory_policy}
     return {
         "scenario": cfg.scenario[0], "dataset": cfg.dataset[0], "method": cfg.method[0], "seed": cfg.seeds[0],
-        "lr": cfg.lr[0], "batch_size": cfg.batch_size, "memory": cfg.memory,
+        "lr": cfg.lr[0], "batch_size": cfg.batch_size, "memory": cfg.memory, "memory_policy": cfg.memory_policy,
         "ewc_lambda": cfg.ewc.lam[0] if cfg.method[0] == "ewc" else None,
         "replay_ratio": cfg.replay.ratio[0] if cfg.method[0] == "replay" else None,
         "new_examples": cfg.new_examples[0] if cfg.scenario[0] == "imbalanced" else None,

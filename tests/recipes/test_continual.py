@@ -249,6 +249,23 @@ def test_dry_run_every_method(tmp_path, scenario, monkeypatch):
                     assert set(p["test"][v]) == {"old", "new", "overall"}
 
 
+def test_recent_memory_keeps_the_last_examples(tmp_path, monkeypatch):
+    from fastbind.runs import RunFolder
+    data = _images()
+    monkeypatch.setattr("fastbind.continual.load_images", lambda cfg, dataset: data)
+    cfg = _small(tmp_path / "r", method=("finetune",), tasks=3, memory=20, memory_policy="recent")
+    (r,) = run_continual(cfg)
+    assert r["memory_policy"] == "recent" and r["finished"]
+    run = tmp_path / "r" / "permuted-finetune-lr0.03-recent-s0"
+    ck, _ = RunFolder(run).load_checkpoint("last")
+    written = 3 * 6 * 8  # tasks × steps × batch
+    from fastbind.memory.knn import RingStore
+    store = RingStore(20, policy="recent")
+    store.load_state_dict(ck["memory"])
+    assert sorted(store.view()[2].tolist()) == list(range(written - 20, written))  # the last 20 written
+    assert ck["memory"]["policy"] == "recent" and ck["memory"]["count"] == written
+
+
 def test_class_incremental_convnet_on_omniglot_like_data(tmp_path):
     data = _images(classes=12, per_class=8, test_per_class=3)
     cfg = _small(tmp_path / "o", scenario=("classes",), dataset=("omniglot",), method=("finetune", "hebbian"),

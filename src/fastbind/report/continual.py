@@ -51,7 +51,7 @@ def continual_records(run: RunFolder) -> list[dict[str, Any]]:
 
 def _key(r: dict[str, Any]) -> tuple:
     return (r["scenario"], r["dataset"], r.get("new_examples"), r["method"], r["lr"], r.get("ewc_lambda"),
-            r.get("replay_ratio"), r.get("memory"))
+            r.get("replay_ratio"), r.get("memory"), r.get("memory_policy", "reservoir"))
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -60,6 +60,8 @@ def _label(r: dict[str, Any]) -> str:
         parts.append(f"λ {r['ewc_lambda']:g}")
     if r.get("replay_ratio") is not None:
         parts.append(f"mix {r['replay_ratio']:g}")
+    if r.get("memory_policy", "reservoir") != "reservoir":
+        parts.append(f"{r['memory_policy']} memory")
     return ", ".join(parts)
 
 
