@@ -382,22 +382,37 @@ def _step_generator(seed: int, task: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
-def _batch_indices(pool_y: torch.Tensor, balanced: bool, bs: int, seed: int, task: int, step: int,
-                   classes: torch.Tensor) -> torch.Tensor:
-    if balanced:  # a class uniformly among the task's, then one of its examples
-        g = _step_generator(seed, task, step)
-        order = torch.argsort(pool_y, stable=True)
-        counts = torch.bincount(pool_y, minlength=int(classes.max()) + 1)
-        start = torch.cumsum(counts, 0) - counts
-        c = classes[torch.randint(classes.numel(), (bs,), generator=g)]
-        return order[start[c] + (torch.rand(bs, generator=g) * counts[c]).long()]
-    N, pos, need, parts = pool_y.shape[0], step * bs, bs, []
-    while need:  # shuffled passes over the pool, one permutation per pass
-        epoch, offset = divmod(pos, N)
-        take = torch.randperm(N, generator=_step_generator(seed, task, -1 - epoch))[offset:offset + need]
-        parts.append(take)
-        pos, need = pos + take.numel(), need - take.numel()
-    return torch.cat(parts)
+class _Batches:
+    """The training batches of one task: each step's indices depend only on (seed, task, step), so a
+    resumed run draws the same ones. What does not change between steps is computed once per task."""
+
+    def __init__(self, pool_y: torch.Tensor, balanced: bool, bs: int, seed: int, task: int) -> None:
+        self.n, self.balanced, self.bs, self.seed, self.task = pool_y.shape[0], balanced, bs, seed, task
+        if balanced:  # a class uniformly among the task's, then one of its examples
+            self.classes = torch.unique(pool_y)
+            self.order = torch.argsort(pool_y, stable=True)
+            self.counts = torch.bincount(pool_y, minlength=int(self.classes.max()) + 1)
+            self.start = torch.cumsum(self.counts, 0) - self.counts
+        self._epoch: tuple[int, torch.Tensor] | None = None  # the permutation of the current pass
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, torch.randperm(self.n, generator=_step_generator(self.seed, self.task, -1 - epoch)))
+        return self._epoch[1]
+
+    def at(self, step: int) -> torch.Tensor:
+        bs = self.bs
+        if self.balanced:
+            g = _step_generator(self.seed, self.task, step)
+            c = self.classes[torch.randint(self.classes.numel(), (bs,), generator=g)]
+            return self.order[self.start[c] + (torch.rand(bs, generator=g) * self.counts[c]).long()]
+        pos, need, parts = step * bs, bs, []
+        while need:  # shuffled passes over the pool, one permutation per pass
+            epoch, offset = divmod(pos, self.n)
+            take = self._permutation(epoch)[offset:offset + need]
+            parts.append(take)
+            pos, need = pos + take.numel(), need - take.numel()
+        return torch.cat(parts)
 
 
 def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = None) -> dict[str, Any]:
@@ -484,7 +499,7 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
         pool = tasks[: t + 1] if method == "joint" else [task]
         pool_x = torch.cat([p.train_x for p in pool]) if len(pool) > 1 else task.train_x
         pool_y = torch.cat([p.train_y for p in pool]) if len(pool) > 1 else task.train_y
-        classes = torch.unique(pool_y)
+        batches = _Batches(pool_y, task.balanced, cfg.batch_size, seed, t)
         if state["step"] == 0 and t > 0 and method == "hebbian" and scenario == "permuted":
             model.head.counts.zero_()  # the same ten classes again: memorize them afresh for this task
         while state["step"] < steps_of[t]:
@@ -493,7 +508,7 @@ def train_one(cfg: ContinualConfig, tasks: list[Task], deadline: float | None = 
                     p["step"] == s for p in state["arrival"]):
                 arrival_point(s)
             t0 = time.perf_counter()
-            idx = _batch_indices(pool_y, task.balanced, cfg.batch_size, seed, t, s, classes)
+            idx = batches.at(s)
             xb_raw, yb = pool_x[idx], pool_y[idx]
             x, y = _floats(xb_raw).to(device), yb.to(device)
             stored = memory.store.view()
