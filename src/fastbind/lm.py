@@ -37,7 +37,9 @@ from fastbind.evaluation.sweep import SweepConfig, apply_best, grid_search, swee
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.language_model import LanguageModel, detach_state
-from fastbind.models.registry import MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, build_lm
+from fastbind.models.registry import (
+    MODEL_RENAMED, FWMConfig, LSTMConfig, ModelConfig, TransformerConfig, build_lm, default_bptt,
+)
 from fastbind.runs import RunFolder, check_resume, eval_record
 from fastbind.training.checkpoint import gather_rng_states, set_rng_state
 from fastbind.training.config import alias, to_dict
@@ -54,7 +56,7 @@ class LMTrainConfig:
     """Settings of ``fastbind lm-train`` (every field is a ``key=value`` override).
 
     Saved as the run folder's ``config.json`` and in every checkpoint. ``model`` holds what every
-    model family shares, ``lstm`` and ``fwm`` the families' own settings (``model.arch`` picks the
+    model family shares, ``lstm``, ``fwm`` and ``transformer`` the families' own settings (``model.arch`` picks the
     family, :mod:`fastbind.models.registry`). The short keys ``arch``, ``head``, ``gamma``, ``T``,
     ``objective``, ``emb_dim``, ``tied``, ``softmax``, ``cutoffs``, ``div_value``, ``hidden`` and ``lr``
     set the fields of those names in ``model``, ``lstm`` and ``optim``; the keys of the single
@@ -73,7 +75,7 @@ class LMTrainConfig:
     max_minutes: float = 0.0  # also stop (with a checkpoint) after this much wall time; 0 = off
     stop_after: int = 0  # end this invocation after this many steps; re-running resumes
     batch_size: int = 32  # rows of the global batch (split across ranks)
-    bptt: int = 35  # chunk length
+    bptt: int = 0  # training chunk length (a transformer's training context); 0 = the arch's: 35, transformer.context
     carry_state: bool = False  # pass the LSTM state between training chunks (the paper does not)
     eval_every: int = 500  # validation (and checkpoint) period; 0 = never validate
     eval_batch_size: int = 10
@@ -88,16 +90,17 @@ class LMTrainConfig:
                                "div_value", default_factory=ModelConfig)
     lstm: LSTMConfig = alias("hidden", default_factory=LSTMConfig)
     fwm: FWMConfig = field(default_factory=FWMConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=2e-3, clip=1.0))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     RENAMED: ClassVar[dict[str, str]] = MODEL_RENAMED
 
     def __post_init__(self) -> None:  # bad values fail while the command line is read, before any work
-        for name in ("batch_size", "bptt", "max_steps", "eval_batch_size", "log_every"):
+        for name in ("batch_size", "max_steps", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, "must be >= 1")
-        for name in ("threads", "max_minutes", "stop_after", "eval_every", "eval_max_tokens", "patience",
+        for name in ("bptt", "threads", "max_minutes", "stop_after", "eval_every", "eval_max_tokens", "patience",
                      "memorize_after"):
             if not getattr(self, name) >= 0:
                 raise BadSetting(name, "must be >= 0")
@@ -124,8 +127,11 @@ def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
     T = N_min × epochs, with the epochs this run expects from its own step budget
     (``max_steps × batch_size × bptt`` training tokens over the training split's length).
     Settings that are numbers already are kept. An adaptive softmax without ``cutoffs`` gets the
-    ranks that cover 80% and 95% of the training tokens (:func:`default_cutoffs`).
+    ranks that cover 80% and 95% of the training tokens (:func:`default_cutoffs`), and
+    ``bptt=0`` the family's training context (:func:`~fastbind.models.registry.default_bptt`).
     """
+    if not cfg.bptt:
+        cfg = replace(cfg, bptt=default_bptt(cfg))
     if cfg.model.softmax == "adaptive" and not cfg.model.cutoffs:
         cfg = replace(cfg, model=replace(cfg.model, cutoffs=tuple(default_cutoffs(corpus.train_counts))))
     if "auto" not in (cfg.model.gamma, cfg.model.T):
@@ -135,6 +141,44 @@ def resolve_auto(cfg: LMTrainConfig, corpus: Corpus) -> LMTrainConfig:
     model = replace(cfg.model, gamma=gamma if cfg.model.gamma == "auto" else cfg.model.gamma,
                     T=T if cfg.model.T == "auto" else cfg.model.T)
     return replace(cfg, model=model)
+
+
+def check_train(cfg: LMTrainConfig) -> None:
+    """Settings of ``lm-train`` that do not go together (after :func:`resolve_auto`): one-line errors."""
+    if cfg.model.arch == "transformer":
+        if cfg.carry_state:
+            raise UserError("carry_state=true needs a recurrent model (arch=lstm or fwm): a transformer has no "
+                            "state across chunks")
+        if cfg.bptt > cfg.transformer.context:
+            raise UserError(f"bptt={cfg.bptt} is longer than the transformer's context "
+                            f"(transformer.context={cfg.transformer.context})")
+
+
+def reading(train_cfg: LMTrainConfig, model: LanguageModel, window: int = 0, stride: int = 0
+            ) -> tuple[int, int, dict]:
+    """How evaluation reads a split for this run: ``(window, stride, record)``.
+
+    A transformer slides a window over the text (:func:`~fastbind.evaluation.window_spans`):
+    ``window`` 0 is the run's training context (``bptt``), ``stride`` 0 half the window; every
+    target after the first ``window − stride`` is scored with at least ``window − stride``
+    earlier tokens, which ``record`` states (``{"window", "stride", "min_context"}``; empty for
+    a recurrent model, which carries its state instead).
+
+    Raises:
+        UserError: a window longer than the model's context, or a stride outside [1, window].
+    """
+    if model.recurrent:
+        if window or stride:
+            raise UserError("window/stride apply to arch=transformer; a recurrent model carries its state "
+                            "across chunks (set bptt)")
+        return 0, 0, {}
+    window = window or train_cfg.bptt
+    stride = stride or max(1, window // 2)
+    if window > model.context:
+        raise UserError(f"window={window} is longer than the model's context ({model.context} tokens)")
+    if stride > window:
+        raise UserError(f"stride={stride} must be <= window={window} (every target is scored once)")
+    return window, stride, {"window": window, "stride": stride, "min_context": window - stride}
 
 
 def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
@@ -190,6 +234,8 @@ class LMEvalConfig:
     checkpoint: Literal["best", "last"] = "best"
     batch_size: int = 1  # contiguous rows; 1 = the whole split as one stream
     bptt: int = 100  # chunk length (state is carried, so it only trades memory for speed)
+    window: int = 0  # arch=transformer: tokens per forward; 0 = the run's training context (bptt)
+    stride: int = 0  # arch=transformer: new targets per window (each sees >= window - stride context); 0 = window/2
     buckets: tuple[int, ...] | None = None  # bucket edges; None = the run's
     max_tokens: int = 0  # evaluate only the first N tokens (0 = all)
     device: str = "cpu"
@@ -203,6 +249,9 @@ class LMEvalConfig:
         for name in ("batch_size", "bptt", "memory_chunk"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("window", "stride"):
+            if getattr(self, name) < 0:
+                raise BadSetting(name, f"must be >= 1, or 0 for the default, got {getattr(self, name)}")
         if self.max_tokens < 0:
             raise BadSetting("max_tokens", f"must be >= 0 (0 = all), got {self.max_tokens}")
         if self.buckets is not None and (not self.buckets or list(self.buckets) != sorted(set(self.buckets))
@@ -223,14 +272,14 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, resolve_device(cfg.device), cfg.data_dir)
     edges = tuple(cfg.buckets) if cfg.buckets is not None else tuple(train_cfg.buckets)
     tokens = getattr(corpus, cfg.split)
+    window, stride, context = reading(train_cfg, model, cfg.window, cfg.stride)
     cache = cfg.cache if cfg.cache.lam > 0 else None
     mbpa = replace(cfg.mbpa, size=cfg.mbpa.size or cfg.cache.size) if cfg.mbpa.lam > 0 else None
-    context = {}
     if mbpa is not None and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
     if cache is not None or mbpa is not None:
         H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=resolve_device(cfg.device),
-                                  max_tokens=cfg.max_tokens, progress=cfg.progress)
+                                  max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
         lp_c = cache_log_probs(H, Y, cache, cfg.memory_chunk, cfg.progress) if cache else None
         W, b = model.output_layer() if mbpa else (None, None)
         lp_m = mbpa_log_probs(H, Y, W, b, mbpa, mbpa.size, cfg.memory_chunk, cfg.progress) if mbpa else None
@@ -243,7 +292,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
         acc = BucketedNLL.from_counts(corpus.train_counts, edges)
         variants = {"model": evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc,
                                       device=resolve_device(cfg.device), max_tokens=cfg.max_tokens,
-                                      progress=cfg.progress)}
+                                      progress=cfg.progress, window=window, stride=stride)}
         settings = {}
     context.update({"split": cfg.split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]),
                     "edges": list(edges), "head": train_cfg.model.head, "data": train_cfg.data})
@@ -264,10 +313,11 @@ def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
     if cfg.mbpa and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive: sweep the cache "
                         "alone with mbpa=false")
+    window, stride, reads = reading(lm.cfg, model, cfg.window, cfg.stride)
     H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=resolve_device(cfg.device),
-                              max_tokens=cfg.max_tokens, progress=cfg.progress)
+                              max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
-    result = {"split": cfg.split, "step": int(ck["step"]), **grid_search(H, Y, LP, W, b, cfg)}
+    result = {"split": cfg.split, "step": int(ck["step"]), **reads, **grid_search(H, Y, LP, W, b, cfg)}
     name = f"sweep-{cfg.split}-{cfg.tag}" if cfg.tag else f"sweep-{cfg.split}"
     run.write_result(name, result)
     md = sweep_markdown(result)
@@ -285,14 +335,15 @@ def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, sp
     ``lm`` is the run as the sweep loaded it (model, corpus and checkpoint are not read again).
     """
     train_cfg, model, corpus, ck = lm
+    window, stride, reads = reading(train_cfg, model, cfg.window, cfg.stride)
     H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=resolve_device(cfg.device),
-                              max_tokens=cfg.test_max_tokens, progress=cfg.progress)
+                              max_tokens=cfg.test_max_tokens, progress=cfg.progress, window=window, stride=stride)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
     lps, settings = apply_best(H, Y, LP, W, b, result, cfg)
     results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
     out = eval_record(results, variant_settings=settings, split=split, checkpoint=cfg.checkpoint,
                       step=int(ck["step"]), edges=list(train_cfg.buckets), head=train_cfg.model.head,
-                      data=train_cfg.data, tuned_on=cfg.split, mbpa_stride=cfg.test_mbpa_stride)
+                      data=train_cfg.data, tuned_on=cfg.split, mbpa_stride=cfg.test_mbpa_stride, **reads)
     out["path"] = str(run.write_eval(out, tag=cfg.tag))
     return out
 
@@ -310,6 +361,7 @@ def train(cfg: LMTrainConfig) -> dict:
     seed_everything(cfg.seed + info.rank)
     corpus = load_data(cfg)
     cfg = resolve_auto(cfg, corpus)  # gamma=auto / T=auto become numbers before they are compared or saved
+    check_train(cfg)
     # ---- resume check before anything is written
     if ck is not None:
         check_resume(ck["config"], cfg, out)
@@ -356,7 +408,7 @@ def train(cfg: LMTrainConfig) -> dict:
         nonlocal best, since_best
         acc = BucketedNLL.from_counts(corpus.train_counts, cfg.buckets)
         val = evaluate(model, corpus.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, acc=acc,
-                       device=device, max_tokens=cfg.eval_max_tokens, info=info)
+                       device=device, max_tokens=cfg.eval_max_tokens, info=info, window=cfg.bptt)
         log.log(step, {"val/ppl": val["ppl"], "val/loss": val["nll"], "tokens": step * tokens_per_step,
                        # per training-frequency bucket, for curves of each bucket over training
                        "val/bucket_ppl": {b["name"]: b["ppl"] for b in val["buckets"]},

@@ -57,7 +57,9 @@ def test_dry_run_train_and_eval(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra", [("head=softmax",), ("head=hebbian", "T=5", "carry_state=true"),
                                    ("arch=fwm", "model.fwm_size=4", "carry_state=true"),
-                                   ("softmax=adaptive", "head=hebbian", "T=5")])
+                                   ("softmax=adaptive", "head=hebbian", "T=5"),
+                                   ("arch=transformer", "transformer.heads=2", "transformer.context=16",
+                                    "head=hebbian", "T=5")])
 def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ("max_steps=24", "eval_every=8", *extra)
@@ -179,10 +181,12 @@ def _torchrun(out: Path, nproc: int, *extra: str) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
 
 
-def test_two_ddp_ranks_stay_identical_and_match_one_process(tmp_path):
+@pytest.mark.parametrize("arch", [("arch=lstm", "lstm.dropout=0", "lstm.input_dropout=0"),
+                                  ("arch=transformer", "transformer.dropout=0", "transformer.heads=2",
+                                   "transformer.context=16")])
+def test_two_ddp_ranks_stay_identical_and_match_one_process(tmp_path, arch):
     # No dropout, so two ranks of 2 rows each compute what one process of 4 rows does.
-    common = ("max_steps=6", "eval_every=3", "head=hebbian", "T=3", "gamma=0.2", "model.dropout=0",
-              "model.input_dropout=0", "threads=1")
+    common = ("max_steps=6", "eval_every=3", "head=hebbian", "T=3", "gamma=0.2", "threads=1", *arch)
     _torchrun(tmp_path / "ddp", 2, *common)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_identical"] is True

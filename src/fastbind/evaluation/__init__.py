@@ -23,6 +23,13 @@ grid search of :mod:`fastbind.evaluation.sweep` and its test evaluation alike, a
 A variant named ``name@sample`` is ``name`` restricted to the targets MbPA scored when it
 scored only a sample (see :func:`with_sample_variants`).
 
+A recurrent model (``model.recurrent``: an LSTM) reads a split in chunks of ``bptt`` tokens
+and carries its state across them. A transformer carries nothing, so both functions slide a
+window over the text instead (:func:`window_spans`, :func:`windows`): a forward over at most
+``window`` tokens scores only the targets the previous window did not, every target is scored
+exactly once, and each one after the first ``window − stride`` sees at least ``window − stride``
+tokens before it.
+
 catbAbI models are judged by :func:`answer_accuracy`: accuracy on the answer tokens of an
 evaluation stream, per task and mean, the state carried across segments.
 
@@ -65,6 +72,8 @@ __all__ = [
     "variant_log_probs",
     "variant_name",
     "variant_settings",
+    "window_spans",
+    "windows",
     "with_sample_variants",
 ]
 
@@ -221,6 +230,55 @@ def answer_accuracy(model, segments, *, device: torch.device, num_tasks: int = 2
     }
 
 
+def window_spans(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """The sliding windows over ``n`` targets: ``(a, c, b)`` per forward, in order.
+
+    Target ``t`` is token ``t + 1`` predicted from tokens ``0..t``. A forward reads the inputs
+    ``[a, b)`` (``b − a ≤ window``) and scores the targets ``[c, b)``, those the previous window
+    did not score: the first window scores ``[0, min(window, n))``, each later one ``stride``
+    more (fewer at the end), starting ``window`` before its end. So every target is scored
+    exactly once, and target ``t ≥ window − stride`` is predicted from at least
+    ``window − stride`` earlier tokens besides its own input (``stride = window``: windows
+    side by side, no overlap).
+    """
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must lie in [1, window={window}], got {stride}")
+    spans, b = [], min(window, n)
+    if n > 0:
+        spans.append((0, 0, b))
+    while b < n:
+        e = min(b + stride, n)
+        spans.append((max(0, e - window), b, e))
+        b = e
+    return spans
+
+
+def windows(model, rows: torch.Tensor, window: int, stride: int, device: torch.device):
+    """Run a non-recurrent model over token rows ``(B, N + 1)`` in sliding windows
+    (:func:`window_spans` over the ``N`` targets of each row, all rows side by side).
+
+    Yields ``(c, b, out, y)`` per window: the model's :class:`~fastbind.models.language_model.LMOutput`
+    for the window's inputs, already cut to the targets ``[c, b)`` it scores (``out.nll`` and
+    ``out.hidden`` are ``(B, b − c, ...)``; ``out.logits`` is None), and those targets ``y (B, b − c)``.
+    Gradients flow as the caller's mode allows (dynamic evaluation trains on them).
+    """
+    for a, c, b in window_spans(rows.shape[1] - 1, window, stride):
+        x, y = rows[:, a:b].to(device), rows[:, a + 1 : b + 1].to(device)
+        out = model(x, None, targets=y)
+        cut = c - a
+        yield c, b, out._replace(logits=None, nll=out.nll[:, cut:], hidden=out.hidden[:, cut:]), y[:, cut:]
+
+
+def default_window(model, window: int = 0, stride: int = 0) -> tuple[int, int]:
+    """``(window, stride)`` with 0s resolved: the window is the model's context, the stride
+    half the window. ValueError when the window exceeds the context."""
+    context = getattr(model, "context", 0)
+    window = window or context
+    if context and window > context:
+        raise ValueError(f"window {window} is longer than the model's context of {context} tokens")
+    return window, stride or max(1, window // 2)
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -233,10 +291,15 @@ def evaluate(
     max_tokens: int = 0,
     info: DistInfo | None = None,
     progress: bool = False,
+    window: int = 0,
+    stride: int = 0,
 ) -> dict:
     """Perplexity of a split as ``batch_size`` contiguous rows with the state carried.
 
-    Under data parallelism the rows are split across ranks and the sums all-reduced.
+    A non-recurrent model (``model.recurrent`` False, a transformer) reads each row in sliding
+    windows of ``window`` tokens moved by ``stride`` (:func:`window_spans`; 0: the model's
+    context and half of it) instead of chunks of ``bptt``. Under data parallelism the rows are
+    split across ranks and the sums all-reduced.
 
     Returns:
         ``acc.result()``: ``{"ppl", "nll", "tokens", "buckets"}``.
@@ -247,12 +310,19 @@ def evaluate(
         tokens = tokens[: max_tokens + 1]
     rank, world = (info.rank, info.world_size) if info else (0, 1)
     stream = ChunkStream(tokens, batch_size, bptt, rank, world)
-    state = None
-    for x, y in tqdm(stream, desc="eval", leave=False, disable=not progress):
-        x, y = x.to(device), y.to(device)
-        out = model(x, state, targets=y)  # an adaptive softmax computes only what the targets need
-        state = out.state
-        acc.add(out.nll.flatten(), y)
+    if not getattr(model, "recurrent", True):
+        window, stride = default_window(model, window, stride)
+        spans = windows(model, stream.rows, window, stride, device)
+        total = len(window_spans(stream.rows.shape[1] - 1, window, stride))
+        for _, _, out, y in tqdm(spans, total=total, desc="eval", leave=False, disable=not progress):
+            acc.add(out.nll.flatten(), y)
+    else:
+        state = None
+        for x, y in tqdm(stream, desc="eval", leave=False, disable=not progress):
+            x, y = x.to(device), y.to(device)
+            out = model(x, state, targets=y)  # an adaptive softmax computes only what the targets need
+            state = out.state
+            acc.add(out.nll.flatten(), y)
     acc.nll, acc.tokens = all_reduce_sum(acc.nll), all_reduce_sum(acc.tokens)  # a copy in one process
     model.train(was_training)
     return acc.result()
@@ -260,8 +330,10 @@ def evaluate(
 
 @torch.no_grad()
 def collect_stream(model, tokens: torch.Tensor, *, bptt: int, device: torch.device, max_tokens: int = 0,
-                   progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the model once over a split as one stream (batch 1, state carried).
+                   progress: bool = False, window: int = 0, stride: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the model once over a split as one stream (batch 1, state carried; a non-recurrent
+    model in sliding windows of ``window`` tokens moved by ``stride``, as :func:`evaluate`).
 
     Returns the output layer's inputs ``H (N-1, d)``, the targets ``Y (N-1,)`` and the
     model's ``log p(y_t)`` ``LP (N-1,)``, so memories can be evaluated (and swept) on them
@@ -271,6 +343,16 @@ def collect_stream(model, tokens: torch.Tensor, *, bptt: int, device: torch.devi
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
     hs, ys, lps, state = [], [], [], None
+    if not getattr(model, "recurrent", True):
+        window, stride = default_window(model, window, stride)
+        rows = tokens.reshape(1, -1)
+        total = len(window_spans(rows.shape[1] - 1, window, stride))
+        for _, _, out, y in tqdm(windows(model, rows, window, stride, device), total=total, desc="model",
+                                 leave=False, disable=not progress):
+            lps.append(-out.nll[0])
+            hs.append(out.hidden[0].float())
+            ys.append(y[0])
+        return torch.cat(hs), torch.cat(ys), torch.cat(lps)
     starts = range(0, tokens.numel() - 1, bptt)
     for s in tqdm(starts, desc="model", leave=False, disable=not progress):
         x = tokens[s : min(s + bptt, tokens.numel() - 1)].to(device)

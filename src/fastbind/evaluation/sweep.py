@@ -48,7 +48,9 @@ class SweepConfig:
     split: str = "valid"
     max_tokens: int = 0  # sweep on the first N tokens of the split (0 = all)
     checkpoint: str = "best"
-    bptt: int = 100
+    bptt: int = 100  # recurrent models: chunk length (the state is carried)
+    window: int = 0  # arch=transformer: tokens per forward; 0 = the run's training context (bptt)
+    stride: int = 0  # arch=transformer: new targets per window; 0 = window/2
     device: str = "cpu"
     thetas: tuple[float, ...] = (0.1, 0.2, 0.3)
     cache_lambdas: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
@@ -106,6 +108,9 @@ class SweepConfig:
         for name in ("max_tokens", "test_max_tokens"):
             if getattr(self, name) < 0:
                 raise BadSetting(name, f"must be >= 0 (0 = all), got {getattr(self, name)}")
+        for name in ("window", "stride"):
+            if getattr(self, name) < 0:
+                raise BadSetting(name, f"must be >= 1, or 0 for the default, got {getattr(self, name)}")
         if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
             raise BadSetting("tag", f"may hold only letters, digits, '-', '_' and '.', got {self.tag!r}")
 

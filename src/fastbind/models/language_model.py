@@ -52,6 +52,11 @@ class LanguageModel(nn.Module):
     targets ``logits`` holds the full log-probabilities (their softmax is the same distribution).
     """
 
+    # True: the family carries a state across chunks (an LSTM's (h, c)) and is evaluated as a
+    # stream of chunks; False: it sees only the tokens of one forward and is evaluated through
+    # sliding windows (:func:`fastbind.evaluation.windows`).
+    recurrent: bool = True
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.check(cfg.vocab_size)

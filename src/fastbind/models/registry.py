@@ -18,18 +18,22 @@ from fastbind.errors import BadSetting, UserError
 from fastbind.models.fwm_lm import FWMConfig, FWMLSTMLM
 from fastbind.models.language_model import LanguageModel
 from fastbind.models.lstm_lm import LSTMConfig, LSTMLM
+from fastbind.models.transformer_lm import TransformerConfig, TransformerLM
 
-__all__ = ["FAMILIES", "Family", "FWMConfig", "LSTMConfig", "MODEL_RENAMED", "ModelConfig", "build_lm"]
+__all__ = ["FAMILIES", "Family", "FWMConfig", "LSTMConfig", "MODEL_RENAMED", "ModelConfig", "TransformerConfig",
+           "build_lm", "default_bptt"]
 
 
 class Family(NamedTuple):
     model: type[LanguageModel]  # called as model(ModelConfig, *sections)
     sections: tuple[str, ...]  # the recipe config's sections it reads, in its constructor's order
+    bptt: int = 35  # the default training context (chunk length); 0: the family's ``context`` setting
 
 
 FAMILIES: dict[str, Family] = {
     "lstm": Family(LSTMLM, ("lstm",)),
     "fwm": Family(FWMLSTMLM, ("lstm", "fwm")),  # a Fast Weight Memory on the LSTM output
+    "transformer": Family(TransformerLM, ("transformer",), bptt=0),  # decoder-only, pre-norm
 }
 
 # Keys of the single model section of earlier versions (command lines, config.json, checkpoints),
@@ -53,7 +57,7 @@ class ModelConfig:
     """The ``model`` section: what every family shares (``vocab_size`` is taken from the data when 0)."""
 
     vocab_size: int = 0
-    arch: str = "lstm"  # the model family: lstm | fwm (an LSTM with a Fast Weight Memory on its output)
+    arch: str = "lstm"  # the model family: lstm | fwm (an LSTM with a Fast Weight Memory on its output) | transformer
     emb_dim: int = 256
     tied: bool = False  # share embedding and output matrix; the default follows docs/RESULTS.md (PTB screen)
     head: Literal["softmax", "hebbian"] = "softmax"
@@ -106,6 +110,13 @@ class ModelConfig:
             raise UserError(f"cutoffs {list(self.cutoffs)} must all lie below the vocabulary size ({vocab_size})")
         if self.objective not in ("l2", "ip"):
             raise UserError(f"softmax=adaptive supports objective l2 or ip, got {self.objective!r}")
+
+
+def default_bptt(cfg: Any) -> int:
+    """The training context of ``cfg``'s family when ``cfg.bptt`` is 0: 35 for the recurrent
+    families (the paper's chunk), ``transformer.context`` for a transformer."""
+    family = FAMILIES[cfg.model.arch]
+    return family.bptt or getattr(cfg, family.sections[0]).context
 
 
 def build_lm(cfg: Any, vocab_size: int) -> LanguageModel:
