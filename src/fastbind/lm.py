@@ -30,9 +30,10 @@ from fastbind.data.stream import ChunkStream
 from fastbind.data.synthetic import SyntheticConfig
 from fastbind.errors import BadSetting, UserError
 from fastbind.evaluation import (
-    CacheSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, evaluate, mbpa_log_probs,
-    variant_log_probs, variant_settings,
+    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, evaluate,
+    knnlm_log_probs, mbpa_log_probs, stream_parts, variant_log_probs, variant_settings,
 )
+from fastbind.evaluation.dyneval import DynEvalSettings, dyneval_stream, gradient_statistics, training_batches
 from fastbind.evaluation.sweep import SweepConfig, apply_best, grid_search, sweep_markdown
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
@@ -244,6 +245,8 @@ class LMEvalConfig:
     memory_chunk: int = 256  # queries per memory call (results do not depend on it)
     cache: CacheSettings = field(default_factory=CacheSettings)
     mbpa: MbPASettings = field(default_factory=MbPASettings)
+    knnlm: KNNLMSettings = field(default_factory=KNNLMSettings)
+    dyneval: DynEvalSettings = field(default_factory=DynEvalSettings)
 
     def __post_init__(self) -> None:  # bad settings fail before the run is loaded
         for name in ("batch_size", "bptt", "memory_chunk"):
@@ -258,11 +261,22 @@ class LMEvalConfig:
                                          or self.buckets[0] < 1):
             raise BadSetting("buckets", f"must be strictly increasing counts >= 1, got {list(self.buckets)}")
         check_device(self.device)
-        if self.cache.lam + self.mbpa.lam >= 1:  # two keys: no single one to name as typed
-            raise UserError(f"cache.lambda + mbpa.lambda must be < 1 (the model keeps the rest), got "
-                            f"{self.cache.lam} + {self.mbpa.lam}")
-        if (self.cache.lam > 0 or self.mbpa.lam > 0) and self.batch_size != 1:
-            raise BadSetting("batch_size", "the cache and MbPA read the split as one stream: use batch_size=1")
+        check_memories(self.cache, self.mbpa, self.knnlm)
+        if (self.cache.lam > 0 or self.mbpa.lam > 0 or self.knnlm.lam > 0 or self.dyneval.on) and self.batch_size != 1:
+            raise BadSetting("batch_size", "the memories and dynamic evaluation read the split as one stream: "
+                                           "use batch_size=1")
+
+
+def check_memories(cache: CacheSettings, mbpa: MbPASettings, knnlm: KNNLMSettings) -> None:
+    """The memories' settings that span several keys: one-line errors."""
+    lams = {"cache": cache.lam, "mbpa": mbpa.lam, "knnlm": knnlm.lam}
+    on = {k: v for k, v in lams.items() if v > 0}
+    if sum(on.values()) >= 1:  # several keys: no single one to name as typed
+        raise UserError(f"{' + '.join(f'{k}.lambda' for k in on)} must be < 1 (the model keeps the rest), got "
+                        f"{' + '.join(str(v) for v in on.values())}")
+    if mbpa.lam > 0 and knnlm.lam > 0 and 1 not in (mbpa.stride, knnlm.stride) and mbpa.stride != knnlm.stride:
+        raise UserError(f"mbpa.stride={mbpa.stride} and knnlm.stride={knnlm.stride} would score different samples: "
+                        f"give them the same stride (or 1)")
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
@@ -273,25 +287,35 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     edges = tuple(cfg.buckets) if cfg.buckets is not None else tuple(train_cfg.buckets)
     tokens = getattr(corpus, cfg.split)
     window, stride, context = reading(train_cfg, model, cfg.window, cfg.stride)
+    device = resolve_device(cfg.device)
     cache = cfg.cache if cfg.cache.lam > 0 else None
     mbpa = replace(cfg.mbpa, size=cfg.mbpa.size or cfg.cache.size) if cfg.mbpa.lam > 0 else None
+    knnlm = cfg.knnlm if cfg.knnlm.lam > 0 else None
+    dyneval = cfg.dyneval if cfg.dyneval.on else None
     if mbpa is not None and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
-    if cache is not None or mbpa is not None:
-        H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=resolve_device(cfg.device),
-                                  max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
-        lp_c = cache_log_probs(H, Y, cache, cfg.memory_chunk, cfg.progress) if cache else None
-        W, b = model.output_layer() if mbpa else (None, None)
-        lp_m = mbpa_log_probs(H, Y, W, b, mbpa, mbpa.size, cfg.memory_chunk, cfg.progress) if mbpa else None
-        lps = variant_log_probs(LP, cache=(cache.lam, lp_c) if cache else None,
-                                mbpa=(mbpa.lam, lp_m) if mbpa else None)
+    lm = LMRun(train_cfg, model, corpus, ck)
+    if any(m is not None for m in (cache, mbpa, knnlm, dyneval)):
+        store = knnlm_store(run, lm, knnlm, window, stride, device, cfg.progress) if knnlm else None
+        streams = {False: collect_stream(model, tokens, bptt=cfg.bptt, device=device, max_tokens=cfg.max_tokens,
+                                         progress=cfg.progress, window=window, stride=stride)}
+        if dyneval is not None:
+            stats = dyneval_statistics(lm, dyneval, window, device, cfg.progress)
+            streams[True] = dyneval_stream(model, tokens, dyneval, stats, device=device, max_tokens=cfg.max_tokens,
+                                           progress=cfg.progress, window=window)
+            context["dyneval_stride"] = dyneval.segment if not model.recurrent else None
+        lps, settings = {}, {}
+        for dyn, (H, Y, LP) in streams.items():
+            found, made = memory_variants(H, Y, LP, model, cache=cache, mbpa=mbpa, knnlm=knnlm, store=store,
+                                          dyneval=dyneval if dyn else None, chunk=cfg.memory_chunk,
+                                          progress=cfg.progress)
+            lps.update(found)
+            settings.update(made)
         variants = bucket_results(lps, Y, corpus.train_counts, edges)
-        settings = {"+cache": variant_settings(cache=cache), "+mbpa": variant_settings(mbpa=mbpa),
-                    "+cache+mbpa": variant_settings(cache, mbpa)}
     else:
         acc = BucketedNLL.from_counts(corpus.train_counts, edges)
         variants = {"model": evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc,
-                                      device=resolve_device(cfg.device), max_tokens=cfg.max_tokens,
+                                      device=device, max_tokens=cfg.max_tokens,
                                       progress=cfg.progress, window=window, stride=stride)}
         settings = {}
     context.update({"split": cfg.split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]),
@@ -301,6 +325,83 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     result = eval_record(variants, variant_settings=settings, **context)
     result["path"] = str(run.write_eval(result))
     return result
+
+
+def memory_variants(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, model: LanguageModel, *,
+                    cache: CacheSettings | None = None, mbpa: MbPASettings | None = None,
+                    knnlm: KNNLMSettings | None = None, store: Any = None, dyneval: DynEvalSettings | None = None,
+                    chunk: int = 256, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, dict | None]]:
+    """Every variant of one stream (``H, Y, LP`` of :func:`collect_stream`, or of
+    :func:`dyneval_stream` when ``dyneval`` names its settings) with the memories given: their
+    target log-probabilities and settings by variant name (``+dyneval`` prefixed to each name
+    and its settings when given).
+
+    MbPA adapts the *trained* output layer also over a dynamically evaluated stream (its
+    queries are the adapted model's ``h``). ``store`` is the kNN-LM's datastore (:func:`knnlm_store`).
+    """
+    given: dict[str, Any] = {"cache": cache, "mbpa": mbpa, "knnlm": knnlm}
+    memory_lps: dict[str, tuple[float, torch.Tensor]] = {}
+    if cache is not None:
+        memory_lps["cache"] = (cache.lam, cache_log_probs(H, Y, cache, chunk, progress))
+    if mbpa is not None:
+        W, b = model.output_layer()
+        memory_lps["mbpa"] = (mbpa.lam, mbpa_log_probs(H, Y, W, b, mbpa, mbpa.size, chunk, progress))
+    if knnlm is not None:
+        memory_lps["knnlm"] = (knnlm.lam, knnlm_log_probs(H, Y, store, knnlm, progress=progress))
+    lps = variant_log_probs(LP, **memory_lps, dyneval=dyneval is not None)
+    settings = {}
+    for name in lps:
+        parts = name.split("@", 1)[0].split("+")[1:]
+        settings[name.split("@", 1)[0]] = variant_settings(**{m: given[m] for m in MEMORIES if m in parts},
+                                                           dyneval=dyneval)
+    return lps, settings
+
+
+def knnlm_store(run: RunFolder, lm: LMRun, s: KNNLMSettings, window: int, stride: int, device: torch.device,
+                progress: bool = False) -> Any:
+    """The run's kNN-LM datastore: ``(h_t, y_{t+1})`` of every target of the training split, read
+    as evaluation reads a split (a transformer in the same windows), in
+    ``<run>/knnlm-step<N>-<dtype>/`` (:class:`~fastbind.memory.KNNLM`, memory-mapped).
+
+    Built on first use and reused while its checkpoint step, vocabulary and reading match;
+    with ``backend=faiss`` its IVF index is built once beside it.
+    """
+    from fastbind.memory.knn_lm import KNNLM  # noqa: PLC0415 — numpy-backed module, loaded on use
+
+    cfg, model, corpus, ck = lm
+    source = {"step": int(ck["step"]), "vocab_digest": ck.get("vocab_digest"), "tokens": int(corpus.train.numel()),
+              "window": window, "stride": stride}
+    path = run.path / f"knnlm-step{int(ck['step'])}-{s.dtype}"
+    try:
+        store = KNNLM.load(path)
+        if store.source != source:
+            store = None
+    except (ValueError, FileNotFoundError):
+        store = None
+    if store is None:
+        n = corpus.train.numel() - 1
+        with KNNLM.build(path, n, model.d_out, s.dtype, source=source, overwrite=True) as writer:
+            for h, y, _ in stream_parts(model, corpus.train, bptt=100, device=device, window=window, stride=stride,
+                                        progress=progress, desc="datastore"):
+                writer.add(h, y)
+        store = KNNLM.load(path)
+    if s.backend == "faiss":
+        store.build_index(s.nlist)
+    return store
+
+
+def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch.device,
+                       progress: bool = False) -> dict[str, torch.Tensor]:
+    """Dynamic evaluation's gradient statistics over the run's training split (its first
+    ``s.stats_tokens``): a recurrent model in the authors' batches (``stats_batch`` rows ×
+    ``segment`` tokens, state carried), a transformer in ``stats_batch`` rows × ``window`` tokens."""
+    cfg, model, corpus, _ = lm
+    if model.recurrent:
+        batches = training_batches(corpus.train, s)
+    else:
+        tokens = corpus.train[: s.stats_tokens + 1] if s.stats_tokens else corpus.train
+        batches = ChunkStream(tokens, s.stats_batch, window)
+    return gradient_statistics(model, batches, device=device, progress=progress)
 
 
 def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:

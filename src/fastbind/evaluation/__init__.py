@@ -10,18 +10,23 @@ Two ways to read a split:
   are mixed in without running the model again; :func:`bucket_results` turns each variant's
   log-probabilities into perplexities overall and per bucket.
 
-A variant is the model mixed with some of the memories (``model``, ``+cache``, ``+mbpa``,
-``+cache+mbpa``). :func:`mix_variant` is the one place that mixes them, for ``lm-eval``, the
-grid search of :mod:`fastbind.evaluation.sweep` and its test evaluation alike, and
-:func:`variant_settings` the one layout of the settings that made a variant, as written into
-``eval-<split>.json`` and the sweep's grid rows::
+A variant is the model, or the dynamically evaluated model (``+dyneval``,
+:mod:`fastbind.evaluation.dyneval`), mixed with some of the memories: the neural cache, MbPA and
+the kNN-LM's training-set memory (``model``, ``+cache``, ``+mbpa``, ``+knnlm``, ``+cache+knnlm``,
+``+dyneval+cache`` ..., :data:`MEMORIES` in that order). :func:`mix_variant` is the one place
+that mixes them, for ``lm-eval``, the grid search of :mod:`fastbind.evaluation.sweep` and its
+test evaluation alike, and :func:`variant_settings` the one layout of the settings that made a
+variant, as written into ``eval-<split>.json`` and the sweep's grid rows::
 
     {"cache": {"size": 10000, "theta": 0.3, "lambda": 0.1},
      "mbpa": {"size": 10000, "k": 1024, "steps": 1, "lr": 0.3, "l2": 0.5, "eps": 0.001,
-              "lambda": 0.04, "stride": 1}}        (only the memories the variant uses)
+              "lambda": 0.04, "stride": 1},
+     "knnlm": {"k": 1024, "temperature": 1.0, "lambda": 0.25, "stride": 1, "backend": "exact"},
+     "dyneval": {"lr": 5e-05, "decay": 0.002, "eps": 2e-05, "segment": 5, ...}}
+                                                   (only the parts the variant uses)
 
-A variant named ``name@sample`` is ``name`` restricted to the targets MbPA scored when it
-scored only a sample (see :func:`with_sample_variants`).
+A variant named ``name@sample`` is ``name`` restricted to the targets MbPA or the kNN-LM scored
+when they scored only a sample (see :func:`with_sample_variants`).
 
 A recurrent model (``model.recurrent``: an LSTM) reads a split in chunks of ``bptt`` tokens
 and carries its state across them. A transformer carries nothing, so both functions slide a
@@ -41,7 +46,8 @@ mixture with an MbPA memory's adapted prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from itertools import combinations
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +61,10 @@ from fastbind.training.config import alias
 from fastbind.training.distributed import DistInfo, all_reduce_sum
 
 __all__ = [
+    "MEMORIES",
     "SAMPLE",
     "CacheSettings",
+    "KNNLMSettings",
     "MbPASettings",
     "accuracy",
     "answer_accuracy",
@@ -64,8 +72,11 @@ __all__ = [
     "cache_defined",
     "cache_log_probs",
     "collect_stream",
+    "stream_parts",
     "evaluate",
     "format_table",
+    "knnlm_log_probs",
+    "knnlm_neighbours",
     "mbpa_log_probs",
     "mix_variant",
     "predict",
@@ -77,7 +88,8 @@ __all__ = [
     "with_sample_variants",
 ]
 
-SAMPLE = "@sample"  # suffix of the variants restricted to the MbPA-scored targets
+SAMPLE = "@sample"  # suffix of the variants restricted to the targets a sampling memory scored
+MEMORIES = ("cache", "mbpa", "knnlm")  # the evaluation-time memories, in the order of variant names
 
 
 def _check_lambda(value: float) -> None:
@@ -154,19 +166,60 @@ class MbPASettings:
                 "eps": self.eps, "lambda": self.lam, "stride": self.stride}
 
 
-def variant_name(cache: bool, mbpa: bool) -> str:
-    """``model``, ``+cache``, ``+mbpa`` or ``+cache+mbpa``."""
-    return ("+cache" if cache else "") + ("+mbpa" if mbpa else "") or "model"
+@dataclass
+class KNNLMSettings:
+    """kNN-LM (Khandelwal et al. 2020): the training split's ``(h_t, y_{t+1})`` as a datastore;
+    on when ``lambda > 0`` (the paper, WikiText-103: k 1024, τ 1, λ 0.25).
+
+    ``p_kNN(w) ∝ Σ_{i ∈ k nearest} exp(−‖h − h_i‖²/τ)·1{y_i = w}``, mixed with the model in
+    probability space. Exact search compares each query with every key; ``stride`` scores only
+    every n-th target (the variants are then estimated on that sample, as MbPA's ``stride``),
+    ``backend=faiss`` searches an IVF index built once beside the datastore (needs ``faiss``).
+    """
+
+    lam: float = alias("lambda", default=0.0)  # the mixing weight
+    k: int = 1024  # neighbours
+    temperature: float = 1.0  # τ of exp(−d/τ), d the squared Euclidean distance
+    stride: int = 1  # score every n-th target only
+    backend: Literal["exact", "faiss"] = "exact"
+    nlist: int = 1024  # backend=faiss: inverted lists of the index (built once per datastore)
+    nprobe: int = 32  # backend=faiss: lists searched per query
+    dtype: Literal["float16", "float32"] = "float16"  # the datastore's keys on disk
+
+    def __post_init__(self) -> None:
+        _check_lambda(self.lam)
+        for name in ("k", "stride", "nlist", "nprobe"):
+            if getattr(self, name) < 1:
+                raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise BadSetting("temperature", f"must be > 0, got {self.temperature}")
+        if self.backend not in ("exact", "faiss"):
+            raise BadSetting("backend", f"{self.backend!r} is not one of exact, faiss")
+        if self.dtype not in ("float16", "float32"):
+            raise BadSetting("dtype", f"{self.dtype!r} is not one of float16, float32")
+
+    def record(self) -> dict[str, Any]:
+        """These settings as a variant's ``settings["knnlm"]``."""
+        out = {"k": self.k, "temperature": self.temperature, "lambda": self.lam, "stride": self.stride,
+               "backend": self.backend}
+        if self.backend == "faiss":
+            out.update(nlist=self.nlist, nprobe=self.nprobe)
+        return out
 
 
-def variant_settings(cache: CacheSettings | None = None, mbpa: MbPASettings | None = None) -> dict | None:
-    """The settings of the variant that mixes in these memories (None: the model alone), in
-    the one layout of evaluation records and grid rows."""
-    out = {}
-    if cache is not None:
-        out["cache"] = cache.record()
-    if mbpa is not None:
-        out["mbpa"] = mbpa.record()
+def variant_name(cache: bool = False, mbpa: bool = False, knnlm: bool = False, dyneval: bool = False) -> str:
+    """``model``, ``+cache``, ``+mbpa``, ``+cache+mbpa``, ``+knnlm``, ..., ``+dyneval+cache+knnlm``."""
+    name = "".join(f"+{m}" for m, on in zip(("dyneval", *MEMORIES), (dyneval, cache, mbpa, knnlm)) if on)
+    return name or "model"
+
+
+def variant_settings(cache: CacheSettings | None = None, mbpa: MbPASettings | None = None,
+                     knnlm: KNNLMSettings | None = None, dyneval: Any = None) -> dict | None:
+    """The settings of the variant that mixes in these memories, over the dynamically evaluated
+    model when ``dyneval`` (a :class:`~fastbind.evaluation.dyneval.DynEvalSettings`) is given
+    (None: the model alone), in the one layout of evaluation records and grid rows."""
+    parts = {"cache": cache, "mbpa": mbpa, "knnlm": knnlm, "dyneval": dyneval}
+    out = {name: s.record() for name, s in parts.items() if s is not None}
     return out or None
 
 
@@ -339,30 +392,39 @@ def collect_stream(model, tokens: torch.Tensor, *, bptt: int, device: torch.devi
     model's ``log p(y_t)`` ``LP (N-1,)``, so memories can be evaluated (and swept) on them
     without running the model again.
     """
-    model.eval()
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
-    hs, ys, lps, state = [], [], [], None
+    hs, ys, lps = [], [], []
+    for h, y, lp in stream_parts(model, tokens, bptt=bptt, device=device, window=window, stride=stride,
+                                 progress=progress):
+        hs.append(h)
+        ys.append(y)
+        lps.append(lp)
+    return torch.cat(hs), torch.cat(ys), torch.cat(lps)
+
+
+@torch.no_grad()
+def stream_parts(model, tokens: torch.Tensor, *, bptt: int, device: torch.device, window: int = 0, stride: int = 0,
+                 progress: bool = False, desc: str = "model"):
+    """:func:`collect_stream` a piece at a time: yields ``(h (n, d) float, y (n,), log p(y) (n,))``
+    per chunk (recurrent model) or window (transformer), in stream order (e.g. to write a
+    datastore without holding the whole split's ``H``)."""
+    model.eval()
     if not getattr(model, "recurrent", True):
         window, stride = default_window(model, window, stride)
         rows = tokens.reshape(1, -1)
         total = len(window_spans(rows.shape[1] - 1, window, stride))
-        for _, _, out, y in tqdm(windows(model, rows, window, stride, device), total=total, desc="model",
+        for _, _, out, y in tqdm(windows(model, rows, window, stride, device), total=total, desc=desc,
                                  leave=False, disable=not progress):
-            lps.append(-out.nll[0])
-            hs.append(out.hidden[0].float())
-            ys.append(y[0])
-        return torch.cat(hs), torch.cat(ys), torch.cat(lps)
-    starts = range(0, tokens.numel() - 1, bptt)
-    for s in tqdm(starts, desc="model", leave=False, disable=not progress):
+            yield out.hidden[0].float(), y[0], -out.nll[0]
+        return
+    state = None
+    for s in tqdm(range(0, tokens.numel() - 1, bptt), desc=desc, leave=False, disable=not progress):
         x = tokens[s : min(s + bptt, tokens.numel() - 1)].to(device)
         y = tokens[s + 1 : s + 1 + x.numel()].to(device)
         out = model(x.unsqueeze(0), state, targets=y.unsqueeze(0))
         state = out.state
-        lps.append(-out.nll[0])
-        hs.append(out.hidden[0].float())
-        ys.append(y)
-    return torch.cat(hs), torch.cat(ys), torch.cat(lps)
+        yield out.hidden[0].float(), y, -out.nll[0]
 
 
 def cache_log_probs(H: torch.Tensor, Y: torch.Tensor, s: CacheSettings, chunk: int = 256,
@@ -394,8 +456,41 @@ def mbpa_log_probs(H: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias:
     return torch.cat(parts)
 
 
+def knnlm_neighbours(H: torch.Tensor, store: Any, s: KNNLMSettings, k: int | None = None, chunk: int = 8192,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` (default ``s.k``) nearest datastore entries of the queries ``H[::s.stride]``:
+    ``(positions (n,), dist (n, k), values (n, k))``, searched once so that ``k``, ``τ`` and ``λ``
+    can be swept on them (:func:`knnlm_log_probs` with ``neighbours=``)."""
+    pos = torch.arange(0, H.shape[0], s.stride, device=H.device)
+    k = k or s.k
+    dists, values = [], []
+    for i in tqdm(range(0, pos.numel(), chunk), desc="knnlm", leave=False, disable=not progress):
+        d, v = store.search(H[pos[i : i + chunk]], k, backend=s.backend, nprobe=s.nprobe)
+        dists.append(d)
+        values.append(v)
+    if not dists:
+        return pos, H.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.int64, device=H.device)
+    return pos, torch.cat(dists), torch.cat(values)
+
+
+def knnlm_log_probs(H: torch.Tensor, Y: torch.Tensor, store: Any, s: KNNLMSettings, chunk: int = 8192,
+                    progress: bool = False, neighbours: tuple | None = None) -> torch.Tensor:
+    """``log p_kNN(y_t)`` over a stream from a training-set datastore (a
+    :class:`~fastbind.memory.KNNLM`); with ``s.stride > 1`` only targets ``0, stride, …`` are
+    scored (the rest are NaN). ``neighbours``: the result of :func:`knnlm_neighbours` for these
+    queries at a ``k`` of at least ``s.k`` (no search then)."""
+    from fastbind.memory.knn_lm import knn_log_prob  # noqa: PLC0415 — numpy-backed module, loaded on use
+
+    pos, dist, values = neighbours if neighbours is not None else knnlm_neighbours(H, store, s, None, chunk, progress)
+    out = torch.full((Y.numel(),), float("nan"), dtype=torch.float32, device=Y.device)
+    if pos.numel():
+        out[pos] = knn_log_prob(dist, values, Y[pos], s.k, s.temperature).to(out.dtype)
+    return out
+
+
 def mix_variant(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = None,
-                mbpa: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+                mbpa: tuple[float, torch.Tensor] | None = None,
+                knnlm: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
     """The model's target log-probabilities ``lp (n,)`` mixed with the memories given as
     ``(λ, log-probs)``, in probability space (:func:`~fastbind.memory.mix_log_probs`).
 
@@ -406,33 +501,45 @@ def mix_variant(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = Non
     pairs: list[tuple] = []
     if cache is not None:
         pairs.append((*cache, cache_defined(lp.numel(), lp.device)))
-    if mbpa is not None:
-        pairs.append(mbpa)
+    for memory in (mbpa, knnlm):
+        if memory is not None:
+            pairs.append((memory[0], memory[1].to(lp.dtype)))
     return mix_log_probs(lp, *pairs)
 
 
 def variant_log_probs(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None = None,
-                      mbpa: tuple[float, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The model alone and mixed (:func:`mix_variant`) with each memory given as ``(λ, log-probs)``
-    and with both, as log-probabilities of the targets."""
-    out = {"model": lp}
-    if cache is not None:
-        out["+cache"] = mix_variant(lp, cache=cache)
-    if mbpa is not None:
-        out["+mbpa"] = mix_variant(lp, mbpa=mbpa)
-    if cache is not None and mbpa is not None:
-        out["+cache+mbpa"] = mix_variant(lp, cache=cache, mbpa=mbpa)
-    return with_sample_variants(out, mbpa[1] if mbpa is not None else None)
+                      mbpa: tuple[float, torch.Tensor] | None = None,
+                      knnlm: tuple[float, torch.Tensor] | None = None, *,
+                      dyneval: bool = False) -> dict[str, torch.Tensor]:
+    """The model alone and mixed (:func:`mix_variant`) with every combination of the memories given
+    as ``(λ, log-probs)``, as log-probabilities of the targets, by variant name (prefixed
+    ``+dyneval`` when ``lp`` is a dynamically evaluated model's). Combinations whose λs sum to
+    1 or more are left out."""
+    given = {name: m for name, m in zip(MEMORIES, (cache, mbpa, knnlm)) if m is not None}
+    out = {variant_name(dyneval=dyneval): lp}
+    for r in range(1, len(given) + 1):
+        for names in combinations(given, r):
+            if sum(given[n][0] for n in names) >= 1:
+                continue
+            out[variant_name(**{n: True for n in names}, dyneval=dyneval)] = mix_variant(
+                lp, **{n: given[n] for n in names})
+    sampled = [given[n][1] for n in ("mbpa", "knnlm") if n in given]
+    return with_sample_variants(out, *sampled)
 
 
-def with_sample_variants(lps: dict[str, torch.Tensor], lp_mbpa: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """When MbPA scored only a sample of the targets (NaN elsewhere), add the model and
-    +cache restricted to that sample (``name@sample``), so that every variant can be compared
-    on the same targets. :func:`bucket_results` skips NaN targets."""
-    if lp_mbpa is None or not bool(torch.isnan(lp_mbpa).any()):
+def with_sample_variants(lps: dict[str, torch.Tensor], *sampled: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """When a memory scored only a sample of the targets (NaN elsewhere in its log-probs
+    ``sampled``: MbPA or the kNN-LM with ``stride > 1``), add every variant scored on all targets
+    restricted to that sample (``name@sample``), so that every variant can be compared on the
+    same targets. :func:`bucket_results` skips NaN targets."""
+    masks = [torch.isnan(lp) for lp in sampled if lp is not None]
+    if not masks or not any(bool(m.any()) for m in masks):
         return lps
-    skipped = torch.isnan(lp_mbpa)
-    extra = {name + SAMPLE: lp.masked_fill(skipped, float("nan")) for name, lp in lps.items() if "mbpa" not in name}
+    skipped = masks[0]
+    for m in masks[1:]:
+        skipped = skipped | m
+    extra = {name + SAMPLE: lp.masked_fill(skipped, float("nan")) for name, lp in lps.items()
+             if not bool(torch.isnan(lp).any())}
     return {**lps, **extra}
 
 

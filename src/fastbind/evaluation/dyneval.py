@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from fastbind.data.stream import ChunkStream
 from fastbind.errors import BadSetting
+from fastbind.evaluation import default_window, window_spans, windows
 from fastbind.models.language_model import detach_state
 
 __all__ = [
@@ -248,8 +249,14 @@ def adapt(evaluator: DynamicEvaluator, nll: torch.Tensor, targets: torch.Tensor 
 
 def dyneval_stream(model: torch.nn.Module, tokens: torch.Tensor, settings: DynEvalSettings,
                    stats: dict[str, torch.Tensor], *, device: torch.device, max_tokens: int = 0,
-                   progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`~fastbind.evaluation.collect_stream` with dynamic evaluation (a recurrent model).
+                   progress: bool = False, window: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~fastbind.evaluation.collect_stream` with dynamic evaluation.
+
+    A non-recurrent model (a transformer) reads the split in sliding windows of ``window``
+    tokens (0: its context) moved by ``settings.segment`` targets
+    (:func:`~fastbind.evaluation.windows`): each window scores its ``segment`` new targets with
+    the earlier tokens of the window as context, then adapts on their mean NLL. A recurrent
+    model reads it as follows.
 
     The split is one stream (batch 1, state carried, eval mode) cut into segments of
     ``settings.segment`` tokens; each is scored by the model as adapted so far, then
@@ -274,6 +281,19 @@ def dyneval_stream(model: torch.nn.Module, tokens: torch.Tensor, settings: DynEv
     hs, ys, lps, state = [], [], [], None
     n = tokens.numel()
     try:
+        if not getattr(model, "recurrent", True):
+            window, stride = default_window(model, window, settings.segment)
+            stride = min(stride, window)
+            total = len(window_spans(n - 1, window, stride))
+            with torch.set_grad_enabled(settings.on):
+                parts = windows(model, tokens.reshape(1, -1), window, stride, device)
+                for _, _, out, y in tqdm(parts, total=total, desc="dyneval", leave=False, disable=not progress):
+                    lps.append(-out.nll[0].detach())
+                    hs.append(out.hidden[0].detach().float())
+                    ys.append(y[0])
+                    if settings.on:
+                        adapt(evaluator, out.nll)
+            return torch.cat(hs), torch.cat(ys), torch.cat(lps)
         for s in tqdm(range(0, n - 1, settings.segment), desc="dyneval", leave=False, disable=not progress):
             x = tokens[s : min(s + settings.segment, n - 1)].to(device)
             y = tokens[s + 1 : s + 1 + x.numel()].to(device)
