@@ -14,6 +14,7 @@ functions (a recipe imports no other recipe)::
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -34,7 +35,9 @@ from fastbind.evaluation import (
     knnlm_log_probs, mbpa_log_probs, stream_parts, variant_log_probs, variant_settings,
 )
 from fastbind.evaluation.dyneval import DynEvalSettings, dyneval_stream, gradient_statistics, training_batches
-from fastbind.evaluation.sweep import SweepConfig, apply_best, grid_search, sweep_markdown
+from fastbind.evaluation.sweep import (
+    SweepConfig, _best, apply_best, best_parts, grid_search, memory_log_probs, mixture_rows, row_parts, sweep_markdown,
+)
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
 from fastbind.models.language_model import LanguageModel, detach_state
@@ -405,46 +408,88 @@ def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch
 
 
 def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
-    """Grid-search the memories on ``cfg.split`` (:func:`~fastbind.evaluation.sweep.grid_search`);
-    writes ``sweep-<split>[-<tag>].json``/``.md`` and, with ``apply_test``, the test evaluation
-    (under ``"test"``, see :func:`apply_to_split`); returns the sweep result."""
+    """Grid-search the memories on ``cfg.split`` (:func:`~fastbind.evaluation.sweep.grid_search`),
+    each alone, then (:func:`~fastbind.evaluation.sweep.mixture_rows`) the λs of their
+    combinations, with dynamic evaluation tuned on the split's first ``dyneval_max_tokens``
+    tokens when ``cfg.dyneval``; writes ``sweep-<split>[-<tag>].json``/``.md`` and, with
+    ``apply_test``, the test evaluation (under ``"test"``, see :func:`apply_to_split`); returns
+    the sweep result."""
     run = RunFolder(run_dir)
-    lm = load_lm_run(run, cfg.checkpoint, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    lm = load_lm_run(run, cfg.checkpoint, device)
     _, model, corpus, ck = lm
     if cfg.mbpa and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive: sweep the cache "
                         "alone with mbpa=false")
     window, stride, reads = reading(lm.cfg, model, cfg.window, cfg.stride)
-    H, Y, LP = collect_stream(model, getattr(corpus, cfg.split), bptt=cfg.bptt, device=resolve_device(cfg.device),
+    tokens = getattr(corpus, cfg.split)
+    H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=device,
                               max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
-    result = {"split": cfg.split, "step": int(ck["step"]), **reads, **grid_search(H, Y, LP, W, b, cfg)}
+    store = knnlm_store(run, lm, cfg.knnlm_settings(1, 1.0), window, stride, device, cfg.progress) if cfg.knnlm else None
+    result = {"split": cfg.split, "step": int(ck["step"]), **reads, **grid_search(H, Y, LP, W, b, cfg, store)}
+    parts = best_parts(result)
+    grids = mixture_rows(LP, parts, memory_log_probs(H, Y, parts, W, b, store, cfg), cfg.mix_lambdas)
+    stats = None
+    if cfg.dyneval:
+        stats = dyneval_statistics(lm, cfg.dyneval_settings(1.0, 0.0), window, device, cfg.progress)
+        n = min(Y.numel(), cfg.dyneval_max_tokens or Y.numel())
+        rows = []
+        for lr, decay in tqdm(list(itertools.product(cfg.dyneval_lrs, cfg.dyneval_decays)), desc="dyneval sweep",
+                              disable=not cfg.progress):
+            s = cfg.dyneval_settings(lr, decay)
+            _, _, lp = dyneval_stream(model, tokens[: n + 1], s, stats, device=device, window=window)
+            rows.append({"dyneval": s.record(), "ppl": math.exp(float(-lp.double().mean())), "tokens": n})
+        best = row_parts(_best(rows))["dyneval"]
+        result.update({"best_dyneval": _best(rows), "dyneval_tokens": n,
+                       "model_ppl_dyneval_tokens": math.exp(float(-LP[:n].double().mean()))})
+        result["grid"]["dyneval"] = rows
+        Hd, Yd, LPd = dyneval_stream(model, tokens, best, stats, device=device, max_tokens=cfg.max_tokens,
+                                     progress=cfg.progress, window=window)
+        grids.update(mixture_rows(LPd, parts, memory_log_probs(Hd, Yd, parts, W, b, store, cfg), cfg.mix_lambdas,
+                                  dyneval=best))
+    result["best_mixtures"] = {name: _best(rows) for name, rows in grids.items()}
+    result["grid"]["mixtures"] = grids
     name = f"sweep-{cfg.split}-{cfg.tag}" if cfg.tag else f"sweep-{cfg.split}"
     run.write_result(name, result)
     md = sweep_markdown(result)
     run.write_text(f"{name}.md", md)
     result["markdown"] = md
     if cfg.apply_test:
-        result["test"] = apply_to_split(run, lm, result, cfg, "test")
+        result["test"] = apply_to_split(run, lm, result, cfg, "test", store=store, stats=stats)
     return result
 
 
-def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, split: str = "test") -> dict:
+def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, split: str = "test", *,
+                   store: Any = None, stats: dict[str, torch.Tensor] | None = None) -> dict:
     """Evaluate each variant with its own best settings of a sweep ``result`` on ``split``;
     writes ``eval-<split>[-<tag>].json`` (the settings' ``tuned_on`` split in its context).
 
-    ``lm`` is the run as the sweep loaded it (model, corpus and checkpoint are not read again).
+    ``lm`` is the run as the sweep loaded it (model, corpus and checkpoint are not read again),
+    ``store`` its kNN-LM datastore and ``stats`` its dynamic-evaluation statistics (both built
+    here when the result needs them and they are not given).
     """
     train_cfg, model, corpus, ck = lm
+    device = resolve_device(cfg.device)
     window, stride, reads = reading(train_cfg, model, cfg.window, cfg.stride)
-    H, Y, LP = collect_stream(model, getattr(corpus, split), bptt=cfg.bptt, device=resolve_device(cfg.device),
+    tokens = getattr(corpus, split)
+    H, Y, LP = collect_stream(model, tokens, bptt=cfg.bptt, device=device,
                               max_tokens=cfg.test_max_tokens, progress=cfg.progress, window=window, stride=stride)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
-    lps, settings = apply_best(H, Y, LP, W, b, result, cfg)
+    if store is None and (result.get("best_knnlm") or any("knnlm" in n for n in result.get("best_mixtures") or {})):
+        store = knnlm_store(run, lm, cfg.knnlm_settings(1, 1.0), window, stride, device, cfg.progress)
+    dyn = None
+    if result.get("best_dyneval"):
+        best = row_parts(result["best_dyneval"])["dyneval"]
+        stats = stats if stats is not None else dyneval_statistics(lm, best, window, device, cfg.progress)
+        dyn = dyneval_stream(model, tokens, best, stats, device=device, max_tokens=cfg.test_max_tokens,
+                             progress=cfg.progress, window=window)
+    lps, settings = apply_best(H, Y, LP, W, b, result, cfg, store=store, dyneval_stream=dyn)
     results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
     out = eval_record(results, variant_settings=settings, split=split, checkpoint=cfg.checkpoint,
                       step=int(ck["step"]), edges=list(train_cfg.buckets), head=train_cfg.model.head,
-                      data=train_cfg.data, tuned_on=cfg.split, mbpa_stride=cfg.test_mbpa_stride, **reads)
+                      data=train_cfg.data, tuned_on=cfg.split, mbpa_stride=cfg.test_mbpa_stride,
+                      knnlm_stride=cfg.test_knnlm_stride if store is not None else None, **reads)
     out["path"] = str(run.write_eval(out, tag=cfg.tag))
     return out
 

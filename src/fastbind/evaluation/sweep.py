@@ -19,6 +19,18 @@ MbPA costs far more than the cache (one step: a ``V``-sized distribution per nei
 steps: ``O(K·V·d)`` per target), so ``mbpa_stride`` scores MbPA on a systematic sample of the
 targets while the memory still reads every step; MbPA and the mixture are then chosen on that
 sample, the cache on every target.
+
+With ``knnlm=true`` the kNN-LM's training-set datastore is searched once, at the largest ``k``
+of the grid, on every ``knnlm_stride``-th target; every ``(k, τ, λ)`` is then scored on the
+stored ``(distance, next word)`` lists. With ``dyneval=true`` dynamic evaluation's ``(lr,
+decay)`` grid is run on the split's first ``dyneval_max_tokens`` tokens (one adapted pass per
+point). With four memories a joint grid would multiply, so each is tuned alone and then only
+the λs of every combination of two or more (:func:`mixture_rows`, ``mix_lambdas``, the other
+settings fixed at each memory's own best), the combinations with dynamic evaluation on the
+adapted model's stream::
+
+    "best_mixtures": {"+cache+knnlm": {"cache": {...}, "knnlm": {...}, "ppl": 88.0}, ...,
+                      "+dyneval+cache": {"dyneval": {...}, "cache": {...}, "ppl": 80.1}, ...}
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -34,11 +46,12 @@ from tqdm.auto import tqdm
 from fastbind.errors import BadSetting
 from fastbind.training.distributed import check_device
 from fastbind.evaluation import (
-    CacheSettings, MbPASettings, cache_log_probs, mbpa_log_probs, mix_variant, variant_name,
-    variant_settings, with_sample_variants,
+    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, cache_log_probs, knnlm_log_probs, knnlm_neighbours,
+    mbpa_log_probs, mix_variant, variant_name, variant_settings, with_sample_variants,
 )
+from fastbind.evaluation.dyneval import DynEvalSettings
 
-__all__ = ["SweepConfig", "apply_best", "grid_search", "row_settings", "sweep_markdown"]
+__all__ = ["SweepConfig", "apply_best", "grid_search", "mixture_rows", "row_parts", "row_settings", "sweep_markdown"]
 
 
 @dataclass
@@ -71,6 +84,27 @@ class SweepConfig:
     tag: str = ""  # suffix of the output files (sweep-valid-TAG.json, eval-test-TAG.json) to keep several sweeps
     test_max_tokens: int = 0
     test_mbpa_stride: int = 1  # the same sampling of MbPA on the test split
+    # kNN-LM: a datastore of the training split, searched once at the largest k
+    knnlm: bool = False
+    knnlm_ks: tuple[int, ...] = (16, 64, 256, 1024)
+    knnlm_temperatures: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)
+    knnlm_lambdas: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+    knnlm_stride: int = 1  # score on every n-th target (exact search of a large datastore is costly)
+    test_knnlm_stride: int = 1
+    knnlm_backend: Literal["exact", "faiss"] = "exact"
+    knnlm_nlist: int = 1024
+    knnlm_nprobe: int = 32
+    knnlm_dtype: Literal["float16", "float32"] = "float16"
+    # dynamic evaluation (Krause et al. 2018), tuned on a prefix of the split
+    dyneval: bool = False
+    dyneval_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
+    dyneval_decays: tuple[float, ...] = (0.0, 0.002, 0.01)
+    dyneval_eps: float = 2e-5
+    dyneval_segment: int = 5  # recurrent: tokens per step; transformer: new targets per window
+    dyneval_stats_tokens: int = 0  # training tokens for the gradient statistics (0: all)
+    dyneval_stats_batch: int = 100
+    dyneval_max_tokens: int = 50000  # tune on the split's first N tokens (0: all)
+    mix_lambdas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)  # each memory's λ in the combinations' grid
     progress: bool = True
 
     def __post_init__(self) -> None:  # bad settings fail before the run is loaded
@@ -111,8 +145,45 @@ class SweepConfig:
         for name in ("window", "stride"):
             if getattr(self, name) < 0:
                 raise BadSetting(name, f"must be >= 1, or 0 for the default, got {getattr(self, name)}")
+        if self.knnlm:
+            for name in ("knnlm_ks", "knnlm_temperatures", "knnlm_lambdas"):
+                if not getattr(self, name):
+                    raise BadSetting(name, "needs at least one value (or knnlm=false)")
+            self.knnlm_settings(max(self.knnlm_ks), self.knnlm_temperatures[0])  # each setting's own bounds
+            for name in ("knnlm_ks", "knnlm_temperatures"):
+                if any(not v > 0 for v in getattr(self, name)):
+                    raise BadSetting(name, f"each must be > 0, got {list(getattr(self, name))}")
+            if any(not 0 <= x < 1 for x in self.knnlm_lambdas):
+                raise BadSetting("knnlm_lambdas", f"each must be in [0, 1), got {list(self.knnlm_lambdas)}")
+            if self.test_knnlm_stride < 1:
+                raise BadSetting("test_knnlm_stride", f"must be >= 1, got {self.test_knnlm_stride}")
+        if self.dyneval:
+            for name in ("dyneval_lrs", "dyneval_decays"):
+                if not getattr(self, name):
+                    raise BadSetting(name, "needs at least one value (or dyneval=false)")
+            if any(not v > 0 for v in self.dyneval_lrs):
+                raise BadSetting("dyneval_lrs", f"each must be > 0, got {list(self.dyneval_lrs)}")
+            if any(not v >= 0 for v in self.dyneval_decays):
+                raise BadSetting("dyneval_decays", f"each must be >= 0, got {list(self.dyneval_decays)}")
+            self.dyneval_settings(self.dyneval_lrs[0], self.dyneval_decays[0])  # eps, segment, stats bounds
+            if self.dyneval_max_tokens < 0:
+                raise BadSetting("dyneval_max_tokens", f"must be >= 0 (0 = all), got {self.dyneval_max_tokens}")
+        if any(not 0 < x < 1 for x in self.mix_lambdas) or not self.mix_lambdas:
+            raise BadSetting("mix_lambdas", f"each must be in (0, 1), at least one, got {list(self.mix_lambdas)}")
         if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
             raise BadSetting("tag", f"may hold only letters, digits, '-', '_' and '.', got {self.tag!r}")
+
+    def knnlm_settings(self, k: int, temperature: float, lam: float = 0.0, *, stride: int | None = None
+                       ) -> KNNLMSettings:
+        """One kNN-LM grid point (``stride``: ``knnlm_stride`` unless given)."""
+        return KNNLMSettings(lam=lam, k=k, temperature=temperature,
+                             stride=self.knnlm_stride if stride is None else stride, backend=self.knnlm_backend,
+                             nlist=self.knnlm_nlist, nprobe=self.knnlm_nprobe, dtype=self.knnlm_dtype)
+
+    def dyneval_settings(self, lr: float, decay: float) -> DynEvalSettings:
+        """One dynamic-evaluation grid point."""
+        return DynEvalSettings(lr=lr, decay=decay, eps=self.dyneval_eps, segment=self.dyneval_segment,
+                               stats_tokens=self.dyneval_stats_tokens, stats_batch=self.dyneval_stats_batch)
 
     def mbpa_settings(self, size: int, k: int, steps: int, lam: float = 0.0, *, stride: int | None = None
                       ) -> MbPASettings:
@@ -125,12 +196,15 @@ def _nll(lp: torch.Tensor) -> float:
     return float(-lp.double().mean())
 
 
-def _row(ppl_lp: torch.Tensor, cache: CacheSettings | None = None, mbpa: MbPASettings | None = None) -> dict:
-    return {**variant_settings(cache, mbpa), "ppl": math.exp(_nll(ppl_lp))}
+def _row(ppl_lp: torch.Tensor, cache: CacheSettings | None = None, mbpa: MbPASettings | None = None,
+         knnlm: KNNLMSettings | None = None, dyneval: DynEvalSettings | None = None) -> dict:
+    scored = ppl_lp[~torch.isnan(ppl_lp)]
+    return {**(variant_settings(cache, mbpa, knnlm, dyneval) or {}), "ppl": math.exp(_nll(scored)),
+            "tokens": int(scored.numel())}
 
 
 def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Tensor | None, b: torch.Tensor | None,
-                cfg: SweepConfig) -> dict[str, Any]:
+                cfg: SweepConfig, store: Any = None) -> dict[str, Any]:
     """Perplexity of every grid point on one stream (``H, Y, LP`` of
     :func:`~fastbind.evaluation.collect_stream`; ``W, b`` the output layer, for MbPA).
 
@@ -169,16 +243,106 @@ def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Ten
                 lp = mix_variant(LP_s, cache=(lam_c, lp_cache[(size, theta)][::cfg.mbpa_stride]), mbpa=(lam_m, lpm))
                 mix_rows.append(_row(lp, CacheSettings(size, theta, lam_c), mbpa))
 
-    def best(rows: list[dict]) -> dict | None:
-        return min(rows, key=lambda r: r["ppl"]) if rows else None
+    knn_rows: list[dict] = []
+    if cfg.knnlm:
+        if store is None:
+            raise ValueError("knnlm=true needs the run's datastore (store=)")
+        pos, dist, values = knnlm_neighbours(H, store, cfg.knnlm_settings(max(cfg.knnlm_ks), 1.0), progress=cfg.progress)
+        for k, tau in itertools.product(cfg.knnlm_ks, cfg.knnlm_temperatures):
+            lpk = knnlm_log_probs(H, Y, store, cfg.knnlm_settings(k, tau), neighbours=(pos, dist, values))
+            for lam in cfg.knnlm_lambdas:
+                knn_rows.append(_row(mix_variant(LP, knnlm=(lam, lpk)), knnlm=cfg.knnlm_settings(k, tau, lam)))
 
-    return {
+    result = {
         "tokens": int(Y.numel()), "model_ppl": math.exp(_nll(LP)),
         "mbpa_stride": cfg.mbpa_stride, "mbpa_tokens": int(LP_s.numel()) if cfg.mbpa else 0,
         "model_ppl_mbpa_tokens": math.exp(_nll(LP_s)) if cfg.mbpa else None,
-        "best_cache": best(cache_rows), "best_mbpa": best(mbpa_rows), "best_mixture": best(mix_rows),
+        "best_cache": _best(cache_rows), "best_mbpa": _best(mbpa_rows), "best_mixture": _best(mix_rows),
         "grid": {"cache": cache_rows, "mbpa": mbpa_rows, "mixture": mix_rows},
     }
+    if cfg.knnlm:
+        result.update({"knnlm_stride": cfg.knnlm_stride, "knnlm_tokens": int(LP[::cfg.knnlm_stride].numel()),
+                       "model_ppl_knnlm_tokens": math.exp(_nll(LP[::cfg.knnlm_stride])), "best_knnlm": _best(knn_rows)})
+        result["grid"]["knnlm"] = knn_rows
+    return result
+
+
+def _best(rows: list[dict]) -> dict | None:
+    return min(rows, key=lambda r: r["ppl"]) if rows else None
+
+
+def best_parts(result: dict) -> dict[str, Any]:
+    """Each memory's own best settings in a :func:`grid_search` result (λ kept), by memory name."""
+    parts: dict[str, Any] = {}
+    for name in MEMORIES:
+        row = result.get(f"best_{name}")
+        if row is not None:
+            parts[name] = row_parts(row)[name]
+    return parts
+
+
+def memory_log_probs(H: torch.Tensor, Y: torch.Tensor, parts: dict[str, Any], W: torch.Tensor | None,
+                     b: torch.Tensor | None, store: Any, cfg: SweepConfig, memo: dict | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """``log p_memory(y_t)`` of each memory in ``parts`` (name → settings) over one stream
+    (NaN where a sampling memory did not score); ``memo`` keeps passes for reuse."""
+    memo = {} if memo is None else memo
+    out = {}
+    for name, s in parts.items():
+        if name == "cache":
+            key = ("cache", s.size, s.theta)
+            if key not in memo:
+                memo[key] = cache_log_probs(H, Y, s, cfg.memory_chunk, cfg.progress)
+        elif name == "mbpa":
+            key = ("mbpa", s.size, s.k, s.steps, s.stride)
+            if key not in memo:
+                memo[key] = mbpa_log_probs(H, Y, W, b, s, s.size, cfg.memory_chunk, cfg.progress)
+        else:
+            key = ("knnlm", s.k, s.temperature, s.stride)
+            if key not in memo:
+                memo[key] = knnlm_log_probs(H, Y, store, s, progress=cfg.progress)
+        out[name] = memo[key]
+    return out
+
+
+def mixture_rows(LP: torch.Tensor, parts: dict[str, Any], lps: dict[str, torch.Tensor], lambdas: tuple[float, ...],
+                 dyneval: DynEvalSettings | None = None) -> dict[str, list[dict]]:
+    """The λ grid of every combination of memories (of two or more; of one or more over a
+    dynamically evaluated stream, ``dyneval`` given): the memories' other settings fixed
+    (``parts``, their log-probs ``lps`` over the stream ``LP``), each λ from ``lambdas`` (sums
+    below 1); each row scored on the targets every memory of its combination scored.
+
+    Returns:
+        variant name → its rows.
+    """
+    names = [n for n in MEMORIES if n in parts]
+    out: dict[str, list[dict]] = {}
+    first = 1 if dyneval is not None else 2
+    for r in range(first, len(names) + 1):
+        for combo in itertools.combinations(names, r):
+            rows = []
+            for lams in itertools.product(lambdas, repeat=len(combo)):
+                if sum(lams) >= 1:
+                    continue
+                mixed = mix_variant(LP, **{n: (lam, lps[n]) for n, lam in zip(combo, lams)})
+                settings = {n: replace(parts[n], lam=lam) for n, lam in zip(combo, lams)}
+                rows.append(_row(mixed, **settings, dyneval=dyneval))
+            out[variant_name(**{n: True for n in combo}, dyneval=dyneval is not None)] = rows
+    return out
+
+
+def row_parts(row: dict) -> dict[str, Any]:
+    """The settings of every part of a grid row (or of a variant's ``settings`` in a record), by
+    name (``cache``, ``mbpa``, ``knnlm``, ``dyneval``)."""
+    cache, mbpa = row_settings(row)
+    out: dict[str, Any] = {"cache": cache, "mbpa": mbpa}
+    k = row.get("knnlm")
+    if k:
+        out["knnlm"] = KNNLMSettings(**{key: v for key, v in k.items() if key != "lambda"}, lam=k["lambda"])
+    d = row.get("dyneval")
+    if d:
+        out["dyneval"] = DynEvalSettings(**d)
+    return {name: s for name, s in out.items() if s is not None}
 
 
 def row_settings(row: dict) -> tuple[CacheSettings | None, MbPASettings | None]:
@@ -190,43 +354,45 @@ def row_settings(row: dict) -> tuple[CacheSettings | None, MbPASettings | None]:
 
 
 def apply_best(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Tensor | None, b: torch.Tensor | None,
-               result: dict, cfg: SweepConfig) -> tuple[dict[str, torch.Tensor], dict[str, dict | None]]:
-    """Each variant with its own best settings of :func:`grid_search`'s ``result``, on another
-    stream (MbPA scored on every ``test_mbpa_stride``-th target).
+               result: dict, cfg: SweepConfig, store: Any = None,
+               dyneval_stream: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[dict[str, torch.Tensor], dict[str, dict | None]]:
+    """Each variant with its own best settings of :func:`grid_search`'s ``result`` (and of the
+    sweep's ``best_mixtures`` and ``best_dyneval``), on another stream (MbPA and the kNN-LM
+    scored on every ``test_mbpa_stride``-th / ``test_knnlm_stride``-th target);
+    ``dyneval_stream`` is that stream dynamically evaluated with ``best_dyneval``'s settings.
 
     Returns:
         ``(log-probs, settings)`` by variant name, ready for
         :func:`~fastbind.evaluation.bucket_results` and :func:`~fastbind.runs.eval_record`.
     """
-    done: dict[tuple, torch.Tensor] = {}  # each distinct memory pass runs once
+    memo: dict[tuple, torch.Tensor] = {}  # each distinct memory pass runs once (per stream)
+    dyn_memo: dict[tuple, torch.Tensor] = {}
+    strides = {"mbpa": cfg.test_mbpa_stride, "knnlm": cfg.test_knnlm_stride}
 
-    def cache_lp(s: CacheSettings) -> torch.Tensor:
-        if ("cache", s.size, s.theta) not in done:
-            done[("cache", s.size, s.theta)] = cache_log_probs(H, Y, s, cfg.memory_chunk, cfg.progress)
-        return done[("cache", s.size, s.theta)]
-
-    def mbpa_lp(s: MbPASettings) -> torch.Tensor:
-        if ("mbpa", s.size, s.k, s.steps) not in done:
-            done[("mbpa", s.size, s.k, s.steps)] = mbpa_log_probs(H, Y, W, b, s, s.size, cfg.memory_chunk,
-                                                                   cfg.progress)
-        return done[("mbpa", s.size, s.k, s.steps)]
+    def variant(row: dict, dyn: bool) -> None:
+        parts = row_parts(row)
+        dyneval = parts.pop("dyneval", None)
+        parts = {n: replace(s, stride=strides[n]) if n in strides else s for n, s in parts.items()}
+        h, y, lp = dyneval_stream if dyn else (H, Y, LP)
+        found = memory_log_probs(h, y, parts, W, b, store, cfg, dyn_memo if dyn else memo)
+        name = variant_name(**{n: True for n in parts}, dyneval=dyn)
+        lps[name] = mix_variant(lp, **{n: (s.lam, found[n]) for n, s in parts.items()})
+        settings[name] = variant_settings(**parts, dyneval=dyneval)
 
     lps: dict[str, torch.Tensor] = {"model": LP}
     settings: dict[str, dict | None] = {"model": None}
-    lp_sample = None
-    for name in ("best_cache", "best_mbpa", "best_mixture"):
-        if result[name] is None:
-            continue
-        cache, mbpa = row_settings(result[name])
-        if mbpa is not None:
-            mbpa = replace(mbpa, stride=cfg.test_mbpa_stride)
-        lp = mix_variant(LP, cache=(cache.lam, cache_lp(cache)) if cache else None,
-                         mbpa=(mbpa.lam, mbpa_lp(mbpa)) if mbpa else None)
-        variant = variant_name(cache is not None, mbpa is not None)
-        lps[variant], settings[variant] = lp, variant_settings(cache, mbpa)
-        if name == "best_mbpa":
-            lp_sample = mbpa_lp(mbpa)
-    return with_sample_variants(lps, lp_sample), settings
+    for name in ("best_cache", "best_mbpa", "best_mixture", "best_knnlm"):
+        if result.get(name) is not None:
+            variant(result[name], False)
+    if dyneval_stream is not None and result.get("best_dyneval") is not None:
+        lps["+dyneval"] = dyneval_stream[2]
+        settings["+dyneval"] = variant_settings(dyneval=row_parts(result["best_dyneval"])["dyneval"])
+    for name, row in (result.get("best_mixtures") or {}).items():
+        if name not in lps and (dyneval_stream is not None or "dyneval" not in row):
+            variant(row, "dyneval" in row)
+    sampled = [lp for key, lp in {**memo, **dyn_memo}.items() if key[0] in ("mbpa", "knnlm")]
+    return with_sample_variants(lps, *sampled), settings
 
 
 def sweep_markdown(r: dict) -> str:
@@ -246,4 +412,16 @@ def sweep_markdown(r: dict) -> str:
         c, m = r["best_mixture"]["cache"], r["best_mixture"]["mbpa"]
         lines.append(f"| +cache+MbPA (size {c['size']}, θ {c['theta']}, λc {c['lambda']}, K {m['k']}, "
                      f"steps {m['steps']}, λm {m['lambda']}) | {r['best_mixture']['ppl']:.2f} |")
+    if r.get("best_knnlm"):
+        k = r["best_knnlm"]["knnlm"]
+        lines.append(f"| +kNN-LM (k {k['k']}, τ {k['temperature']}, λ {k['lambda']}; every {k['stride']} "
+                     f"target(s), model {r['model_ppl_knnlm_tokens']:.2f} there) | {r['best_knnlm']['ppl']:.2f} |")
+    if r.get("best_dyneval"):
+        d = r["best_dyneval"]["dyneval"]
+        lines.append(f"| +dyneval (lr {d['lr']}, decay {d['decay']}, segment {d['segment']}; first "
+                     f"{r['dyneval_tokens']:,} tokens, model {r['model_ppl_dyneval_tokens']:.2f} there) "
+                     f"| {r['best_dyneval']['ppl']:.2f} |")
+    for name, row in (r.get("best_mixtures") or {}).items():
+        lams = ", ".join(f"λ{n} {row[n]['lambda']}" for n in MEMORIES if n in row)
+        lines.append(f"| {name} ({lams}; {row['tokens']:,} targets) | {row['ppl']:.2f} |")
     return "\n".join(lines) + "\n"
