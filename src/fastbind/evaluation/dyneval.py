@@ -215,6 +215,10 @@ class DynamicEvaluator:
             self.rate = [(r * scale).clamp_(max=1.0).to(p.dtype) for r, p in zip(rms, self.params)]
         else:  # no decay, or no gradient at all in the statistics: nothing to scale a decay by
             self.rate = [torch.zeros_like(p) for p in self.params]
+        self.decays = settings.decay > 0 and self.avg_rms > 0
+        # θ + rate ⊙ (θ_g − θ) = θ ⊙ (1 − rate) + rate ⊙ θ_g: one multiply and one add in place per step
+        self.keep = [1.0 - r for r in self.rate]
+        self.pull = [r * t for r, t in zip(self.rate, self.theta_g)]
 
     def step(self, loss: torch.Tensor) -> None:
         """One adaptation step on a segment's (mean) ``loss``, in place, under ``no_grad``.
@@ -224,14 +228,14 @@ class DynamicEvaluator:
         """
         lr = self.settings.lr
         grads = torch.autograd.grad(loss, self.params, allow_unused=True) if lr else [None] * len(self.params)
-        with torch.no_grad():
-            delta = torch._foreach_sub(self.theta_g, self.params)  # θ_g − θ, at the pre-step θ
-            torch._foreach_mul_(delta, self.rate)
+        with torch.no_grad():  # both terms at the pre-step θ: the gradient was taken before any change
+            if self.decays:
+                torch._foreach_mul_(self.params, self.keep)
+                torch._foreach_add_(self.params, self.pull)
             used = [i for i, g in enumerate(grads) if g is not None]
             if used:
-                steps = torch._foreach_div([grads[i] for i in used], [self.denom[i] for i in used])
-                torch._foreach_add_([delta[i] for i in used], steps, alpha=-lr)
-            torch._foreach_add_(self.params, delta)
+                torch._foreach_addcdiv_([self.params[i] for i in used], [grads[i] for i in used],
+                                        [self.denom[i] for i in used], value=-lr)
 
     @torch.no_grad()
     def restore(self) -> None:
