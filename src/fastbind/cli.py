@@ -18,9 +18,9 @@ from fastbind.errors import UserError
 # command -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastbind.recipes.demo", "the main job: softmax vs Hebbian LM on the synthetic corpus"),
-    "lm-train": ("fastbind.recipes.lm_train", "train an LSTM language model (softmax or Hebbian head)"),
+    "lm-train": ("fastbind.recipes.lm_train", "train a language model: LSTM, FWM or transformer; softmax or Hebbian head"),
     "lm-eval": ("fastbind.recipes.lm_eval", "perplexity of a run, overall and by frequency bucket"),
-    "lm-sweep": ("fastbind.recipes.lm_sweep", "grid-search cache/MbPA settings on validation, apply to test"),
+    "lm-sweep": ("fastbind.recipes.lm_sweep", "tune the cache, MbPA, kNN-LM and dynamic evaluation on validation, apply to test"),
     "curriculum": ("fastbind.recipes.curriculum", "Omniglot class curriculum: steps per level for each head"),
     "catbabi": ("fastbind.recipes.catbabi", "catbAbI: Fast Weight Memory vs LSTM, accuracy per bAbI task"),
     "continual": ("fastbind.recipes.continual", "continual learning: MbPA vs fine-tuning, EWC, replay, Hebbian"),

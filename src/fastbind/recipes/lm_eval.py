@@ -1,10 +1,14 @@
 """``fastbind lm-eval RUN_DIR [split=test] [key=value ...]``: perplexity by frequency bucket.
 
-With ``cache.lambda=0.1`` and/or ``mbpa.lambda=0.04`` it also evaluates the model with
-evaluation-time memories (Rae et al. 2018, Table 1): a neural cache and MbPA over the split's
-stream, mixed with the model in probability space, reported as ``model``, ``+cache``,
-``+mbpa`` and ``+cache+mbpa`` under ``"variants"``, each with the settings that made it (the
-top-level numbers stay the model's own). See docs/evaluation_memories.md.
+With ``cache.lambda=0.1``, ``mbpa.lambda=0.04`` and/or ``knnlm.lambda=0.25`` it also evaluates
+the model with evaluation-time memories (Rae et al. 2018, Table 1; Khandelwal et al. 2020): a
+neural cache, MbPA and the kNN-LM's training-set datastore over the split's stream, mixed with
+the model in probability space; with ``dyneval.lr=3e-5`` also the dynamically evaluated model
+(Krause et al. 2018), alone and with the same memories. Reported as ``model``, ``+cache``,
+``+mbpa``, ``+knnlm``, ``+cache+knnlm``, ..., ``+dyneval``, ``+dyneval+cache``, ... under
+``"variants"``, each with the settings that made it (the top-level numbers stay the model's
+own). A transformer is read in sliding windows (``window``, ``stride``). See
+docs/evaluation_memories.md and docs/transformer.md.
 
 Evaluates a trained run's checkpoint on one split as one contiguous stream (batch 1 by
 default, recurrent state carried across chunks) and reports the perplexity overall and per

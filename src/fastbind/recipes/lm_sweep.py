@@ -1,4 +1,4 @@
-"""``fastbind lm-sweep RUN_DIR``: grid search of cache / MbPA settings on the validation split.
+"""``fastbind lm-sweep RUN_DIR``: grid search of the evaluation-time memories on the validation split.
 
 The model runs over the split once; each grid point then costs only memory work, and the
 mixing weights λ are searched on stored log-probabilities for free
@@ -11,6 +11,13 @@ grid, in the settings layout of ``eval-<split>.json``) and ``sweep-<split>.md`` 
     fastbind lm-sweep runs/ptb-hebb mbpa=false                  # cache only
     fastbind lm-sweep runs/ptb-hebb max_tokens=20000 ks=[1024] steps=[1]
     fastbind lm-sweep runs/wt2-hebb mbpa_stride=10              # MbPA on every 10th target
+    fastbind lm-sweep runs/ptb-tf knnlm=true knnlm_stride=10 dyneval=true dyneval_segment=16
+
+``knnlm=true`` adds the kNN-LM (a datastore of the training split, searched once at the largest
+``k``; ``knnlm_ks``, ``knnlm_temperatures``, ``knnlm_lambdas``), ``dyneval=true`` dynamic
+evaluation (``dyneval_lrs`` × ``dyneval_decays`` on the first ``dyneval_max_tokens`` tokens);
+each is tuned alone, then only the λs of every combination (``mix_lambdas``), the
+combinations with dynamic evaluation over the adapted model's stream.
 
 MbPA costs far more than the cache, so on a CPU ``mbpa_stride`` / ``test_mbpa_stride``
 estimate the MbPA variants from a systematic sample of the targets while the memory still
