@@ -427,9 +427,11 @@ def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
                               max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
     W, b = model.output_layer() if cfg.mbpa else (None, None)
     store = knnlm_store(run, lm, cfg.knnlm_settings(1, 1.0), window, stride, device, cfg.progress) if cfg.knnlm else None
-    result = {"split": cfg.split, "step": int(ck["step"]), **reads, **grid_search(H, Y, LP, W, b, cfg, store)}
+    memo: dict = {}  # the grid's memory passes, reused by the combinations
+    result = {"split": cfg.split, "step": int(ck["step"]), **reads, **grid_search(H, Y, LP, W, b, cfg, store, memo)}
     parts = best_parts(result)
-    grids = mixture_rows(LP, parts, memory_log_probs(H, Y, parts, W, b, store, cfg), cfg.mix_lambdas)
+    grids = mixture_rows(LP, parts, memory_log_probs(H, Y, parts, W, b, store, cfg, memo), cfg.mix_lambdas)
+    del memo
     stats = None
     if cfg.dyneval:
         stats = dyneval_statistics(lm, cfg.dyneval_settings(1.0, 0.0), window, device, cfg.progress)

@@ -183,7 +183,8 @@ def test_lm_eval_and_lm_sweep_write_one_eval_layout(run):
         variants[kind] = list(rec["variants"])
     grid = json.loads((run / "sweep-valid-layout.json").read_text())["grid"]
     for row in grid["cache"] + grid["mbpa"] + grid["mixture"]:  # the sweep's rows: the same layout, ppl beside
-        assert set(row) - {"ppl"} <= {"cache", "mbpa"} and isinstance(row["ppl"], float)
+        assert set(row) - {"ppl", "tokens"} <= {"cache", "mbpa"} and isinstance(row["ppl"], float)
+        assert isinstance(row["tokens"], int) and row["tokens"] > 0
         assert set(row.get("cache", CACHE_KEYS)) == CACHE_KEYS and set(row.get("mbpa", MBPA_KEYS)) == MBPA_KEYS
     assert variants == {"plain": ["model"],
                         "memories": ["model", "+cache", "+mbpa", "+cache+mbpa", "model@sample", "+cache@sample"],

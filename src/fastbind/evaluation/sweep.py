@@ -204,7 +204,7 @@ def _row(ppl_lp: torch.Tensor, cache: CacheSettings | None = None, mbpa: MbPASet
 
 
 def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Tensor | None, b: torch.Tensor | None,
-                cfg: SweepConfig, store: Any = None) -> dict[str, Any]:
+                cfg: SweepConfig, store: Any = None, memo: dict | None = None) -> dict[str, Any]:
     """Perplexity of every grid point on one stream (``H, Y, LP`` of
     :func:`~fastbind.evaluation.collect_stream`; ``W, b`` the output layer, for MbPA).
 
@@ -212,7 +212,10 @@ def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Ten
         ``{"tokens", "model_ppl", "mbpa_stride", "mbpa_tokens", "model_ppl_mbpa_tokens",
         "best_cache", "best_mbpa", "best_mixture", "grid": {"cache", "mbpa", "mixture"}}``,
         each row and best in the layout of the module docstring (a best is None when its
-        grid is empty).
+        grid is empty); with ``knnlm``, also ``"best_knnlm"``, ``"knnlm_stride"``,
+        ``"knnlm_tokens"``, ``"model_ppl_knnlm_tokens"`` and the grid's ``"knnlm"`` rows.
+        ``memo``, when given, receives every memory pass by the keys of
+        :func:`memory_log_probs`, so that the combinations reuse them.
     """
     mbpa_sizes = cfg.mbpa_sizes or cfg.sizes
     n_passes = len(cfg.sizes) * len(cfg.thetas) + (len(mbpa_sizes) * len(cfg.ks) * len(cfg.steps) if cfg.mbpa else 0)
@@ -220,12 +223,17 @@ def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Ten
     lp_cache: dict[tuple[int, float], torch.Tensor] = {}
     for size, theta in itertools.product(cfg.sizes, cfg.thetas):
         lp_cache[(size, theta)] = cache_log_probs(H, Y, CacheSettings(size, theta), cfg.memory_chunk)
+        if memo is not None:  # for memory_log_probs over the same stream
+            memo[("cache", size, theta)] = lp_cache[(size, theta)]
         bar.update(1)
     lp_mbpa: dict[tuple[int, int, int], torch.Tensor] = {}
     if cfg.mbpa:
         for size, k, steps in itertools.product(mbpa_sizes, cfg.ks, cfg.steps):
             s = cfg.mbpa_settings(size, k, steps)
-            lp_mbpa[(size, k, steps)] = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk)[::cfg.mbpa_stride]
+            full = mbpa_log_probs(H, Y, W, b, s, size, cfg.memory_chunk)
+            lp_mbpa[(size, k, steps)] = full[::cfg.mbpa_stride]
+            if memo is not None:
+                memo[("mbpa", size, k, steps, cfg.mbpa_stride)] = full
             bar.update(1)
     bar.close()
 
@@ -250,6 +258,8 @@ def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Ten
         pos, dist, values = knnlm_neighbours(H, store, cfg.knnlm_settings(max(cfg.knnlm_ks), 1.0), progress=cfg.progress)
         for k, tau in itertools.product(cfg.knnlm_ks, cfg.knnlm_temperatures):
             lpk = knnlm_log_probs(H, Y, store, cfg.knnlm_settings(k, tau), neighbours=(pos, dist, values))
+            if memo is not None:
+                memo[("knnlm", k, tau, cfg.knnlm_stride)] = lpk
             for lam in cfg.knnlm_lambdas:
                 knn_rows.append(_row(mix_variant(LP, knnlm=(lam, lpk)), knnlm=cfg.knnlm_settings(k, tau, lam)))
 
