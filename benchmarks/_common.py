@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,3 +59,26 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.numel() == 0:
         return 0.0
     return float((a.detach().double() - b.detach().double().to(a.device)).abs().max())
+
+
+def matmul_times(n: int, reps: int, device: torch.device) -> list[float]:
+    """Seconds of ``reps`` float32 ``(n, n) @ (n, n)`` products, after one warm-up."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, n, generator=g).to(device)
+    w = torch.randn(n, n, generator=g).to(device)
+    torch.mm(x, w)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(x, w)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_peak(n: int, times: list[float]) -> dict:
+    """Peak FLOP/s from matmul timings: the median (used for fractions) and the best."""
+    med = statistics.median(times)
+    return {"size": n, "runs": len(times), "seconds_median": med, "flops_per_s": 2 * n**3 / med,
+            "flops_per_s_best": 2 * n**3 / min(times)}

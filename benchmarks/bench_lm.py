@@ -67,7 +67,7 @@ from fastbind.models.registry import LSTMConfig, ModelConfig
 from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 
-from _common import environment, sync, write_result  # benchmarks/_common.py
+from _common import environment, matmul_peak, matmul_times, sync, write_result  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PTB = REPO.parent / "shared" / "data" / "ptb"
@@ -165,29 +165,6 @@ def flops_per_token(V: int, emb: int, hidden: int, layers: int) -> dict:
     decoder = 2 * emb * V
     forward = lstm + decoder
     return {"lstm_forward": lstm, "decoder_forward": decoder, "forward": forward, "train": 3 * forward}
-
-
-def matmul_times(n: int, reps: int, device: torch.device) -> list[float]:
-    """Seconds of ``reps`` float32 ``(n, n) @ (n, n)`` products, after one warm-up."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, n, generator=g).to(device)
-    w = torch.randn(n, n, generator=g).to(device)
-    torch.mm(x, w)
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        torch.mm(x, w)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def matmul_peak(n: int, times: list[float]) -> dict:
-    """Peak FLOP/s from matmul timings: the median (used for fractions) and the best."""
-    med = statistics.median(times)
-    return {"size": n, "runs": len(times), "seconds_median": med, "flops_per_s": 2 * n**3 / med,
-            "flops_per_s_best": 2 * n**3 / min(times)}
 
 
 # ---------------------------------------------------------------- main

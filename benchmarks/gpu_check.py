@@ -15,11 +15,14 @@ little time is left. A stage that fails does not stop the others.
   packages (matplotlib, pytest) present or not;
 * ``cuda_tests``: ``python -m pytest -m cuda`` in a subprocess (CUDA against CPU for the
   Hebbian heads, the memories, FWM and the LM; tests/test_cuda.py), pass/fail counts;
-* ``bench_hebbian``, ``bench_memory``, ``bench_lm``, ``bench_fwm``, ``bench_adaptive``: the
-  benchmarks with ``--device``, each one's JSON kept whole, and their correctness columns
-  checked against limits (``checks``);
+* ``bench_hebbian``, ``bench_memory``, ``bench_lm``, ``bench_transformer``, ``bench_fwm``,
+  ``bench_adaptive``: the benchmarks with ``--device``, each one's JSON kept whole, and their
+  correctness columns checked against limits (``checks``);
 * ``lm_train``: ``fastbind lm-train`` of an LSTM with each head (softmax, hebbian; full
-  softmax) for a few hundred steps: steps/s and the final perplexities.
+  softmax) for a few hundred steps: steps/s and the final perplexities;
+* ``lm_train_transformer``: the same for ``arch=transformer`` (2 blocks of 256, 4 heads,
+  ``mlp_ratio`` 2, context 128): it trains on the device, its perplexities and rates are finite,
+  and with the softmax head validation beats the uniform distribution.
 
 Each stage records ``status`` (passed, failed: a check or test failed, error, timeout,
 skipped), ``seconds``, ``results``, ``checks`` and, where something went wrong, ``error``
@@ -126,25 +129,28 @@ class Plan:
             "bench_hebbian": ["--vocab", "33278", "267735", "--dim", "256", "1024", "--reps", "11"],
             "bench_memory": ["--dim", "256", "1024"],
             "bench_lm": ["--data", self.data, "--steps", "50", "--rounds", "3"],
+            "bench_transformer": ["--data", self.data, "--steps", "40", "--rounds", "3"],
             "bench_fwm": ["--rounds", "5"],
             "bench_adaptive": ["--data", "zipf" if self.synthetic else self.data, "--rounds", "5"],
         }[name]
 
-    def lm_train_args(self) -> tuple[list[str], int]:
-        """``lm-train`` settings shared by both heads, and the number of steps."""
+    def lm_train_args(self, arch: str = "lstm") -> tuple[list[str], int]:
+        """``lm-train`` settings of ``arch`` shared by both heads, and the number of steps."""
         if self.smoke:
             steps = 20
             # A large step size, so that 20 steps already beat the uniform distribution clearly.
-            sizes = ["hidden=16", "emb_dim=16", "batch_size=8", "bptt=16", "eval_max_tokens=400", "log_every=5",
-                     "threads=1", "lr=0.01"]
+            sizes = ["emb_dim=16", "batch_size=8", "eval_max_tokens=400", "log_every=5", "threads=1", "lr=0.01"]
+            sizes += (["transformer.blocks=1", "transformer.heads=2", "transformer.context=16", "bptt=0"]
+                      if arch == "transformer" else ["hidden=16", "bptt=16"])
             synth = {"train_tokens": 4000, "valid_tokens": 500, "test_tokens": 200, "background_vocab": 300,
                      "entity_pool": 200, "topic_words": 30}
         else:
             steps = 400
-            sizes = ["hidden=256", "emb_dim=256", "batch_size=32", "bptt=35", "eval_max_tokens=50000",
-                     "log_every=50"]
+            sizes = ["emb_dim=256", "batch_size=32", "eval_max_tokens=50000", "log_every=50"]
+            sizes += (["transformer.blocks=2", "transformer.heads=4", "transformer.mlp_ratio=2",
+                       "transformer.context=128", "bptt=0"] if arch == "transformer" else ["hidden=256", "bptt=35"])
             synth = {"train_tokens": 500_000, "valid_tokens": 50_000, "test_tokens": 1000}
-        args = [f"data={self.data}", f"device={self.device}", "softmax=full", f"max_steps={steps}",
+        args = [f"data={self.data}", f"device={self.device}", f"arch={arch}", "softmax=full", f"max_steps={steps}",
                 f"eval_every={steps}", "progress=false", "tensorboard=false", "seed=0", *sizes]
         if self.synthetic:
             args += [f"synthetic.{k}={v}" for k, v in synth.items()]
@@ -245,6 +251,15 @@ def _(res: dict) -> dict:
             "mean_loss_gap_softmax_plain": check(c["mean_loss_gap_softmax_plain"], below=0.1 * c["log_vocab"])}
 
 
+@_checks("bench_transformer")
+def _(res: dict) -> dict:
+    c = res["checks"]
+    return {"equal_tokens": check(c["equal_tokens"], equals=True),
+            "mean_loss_gap_softmax_plain": check(c["mean_loss_gap_softmax_plain"], below=0.1 * c["log_vocab"]),
+            "finite": check(c["finite"], equals=True),
+            "flops_formula_matches_count": check(c["flops_formula_matches_count"], equals=True)}
+
+
 @_checks("bench_fwm")
 def _(res: dict) -> dict:
     c = res["checks"]
@@ -271,14 +286,14 @@ def stage_benchmark(name: str, plan: Plan) -> tuple[dict, dict]:
     return res, CHECKS[name](res)
 
 
-def stage_lm_train(plan: Plan) -> tuple[dict, dict]:
+def stage_lm_train(plan: Plan, arch: str = "lstm") -> tuple[dict, dict]:
     from fastbind.cli import main as cli
     from fastbind.training.metrics import read_metrics
 
-    common, steps = plan.lm_train_args()
+    common, steps = plan.lm_train_args(arch)
     results, checks = {"settings": common}, {}
     for head in ("softmax", "hebbian"):
-        folder = plan.tmp / f"lm-{head}"
+        folder = plan.tmp / f"lm-{arch}-{head}"
         t0 = time.perf_counter()
         rc = cli(["lm-train", f"out={folder}", f"head={head}", *common])
         wall = time.perf_counter() - t0
@@ -298,8 +313,13 @@ def stage_lm_train(plan: Plan) -> tuple[dict, dict]:
             "final_train_ppl": train_ppl[-1] if train_ppl else None, "final_val_ppl": summary["last_val_ppl"],
         }
         checks[f"{head}_steps"] = check(summary["step"], equals=steps)
-        # Better than the uniform distribution after a few hundred steps (a few, in smoke runs).
-        checks[f"{head}_val_ppl"] = check(summary["last_val_ppl"], below=float(summary["vocab_size"]))
+        # Better than the uniform distribution after a few hundred steps (a few, in smoke runs). A
+        # Hebbian transformer only has to stay finite: its rows memorize LayerNorm outputs (norm
+        # about sqrt(d)), and in a smoke run's 20 steps at lr 0.01 that leaves it worse than uniform.
+        uniform = math.inf if (arch, head) == ("transformer", "hebbian") else float(summary["vocab_size"])
+        checks[f"{head}_val_ppl"] = check(summary["last_val_ppl"], below=uniform)
+        checks[f"{head}_finite"] = check(all(isinstance(x, (int, float)) and math.isfinite(x)
+                                             for x in [*train_ppl, *rates, summary["best_val_ppl"]]), equals=True)
     return results, checks
 
 
@@ -310,11 +330,14 @@ class Skip(Exception):
     """A stage that cannot run here (a missing optional package); not a failure."""
 
 
-# (name, share of the budget). On an H200, as separate processes at these sizes, the CUDA tests
-# took about 12 s, bench_hebbian 19 s, bench_memory 10 s and bench_lm 18 s (start-up included).
+# (name, share of the budget; shares are relative). On an H200, as separate processes at these
+# sizes, the CUDA tests took about 12 s, bench_hebbian 19 s, bench_memory 10 s and bench_lm 18 s
+# (start-up included); with a --budget-s of 200 every stage finished in under a quarter of its
+# share. The two transformer stages are new and not yet timed on a GPU.
 STAGES: list[tuple[str, float]] = [
     ("environment", 0.0), ("cuda_tests", 0.16), ("bench_hebbian", 0.14), ("bench_memory", 0.10),
-    ("bench_lm", 0.16), ("bench_fwm", 0.12), ("bench_adaptive", 0.10), ("lm_train", 0.22),
+    ("bench_lm", 0.16), ("bench_transformer", 0.12), ("bench_fwm", 0.12), ("bench_adaptive", 0.10),
+    ("lm_train", 0.22), ("lm_train_transformer", 0.14),
 ]
 MIN_STAGE_S = 3.0  # a stage with less time than this left is skipped
 
@@ -334,6 +357,8 @@ def run_stage(name: str, plan: Plan, seconds: float) -> dict:
                 results, checks = stage_cuda_tests(plan, seconds)
             elif name == "lm_train":
                 results, checks = stage_lm_train(plan)
+            elif name == "lm_train_transformer":
+                results, checks = stage_lm_train(plan, "transformer")
             else:
                 results, checks = stage_benchmark(name, plan)
             if cuda:
@@ -423,10 +448,10 @@ def _finish(report: dict, t_start: float) -> None:
 
 
 def summary_table(report: dict) -> str:
-    lines = [f"{'stage':<16}{'status':<9}{'seconds':>8}  notes"]
+    lines = [f"{'stage':<22}{'status':<9}{'seconds':>8}  notes"]
     for name, s in report["stages"].items():
-        lines.append(f"{name:<16}{s['status']:<9}{s['seconds']:>8.1f}  {_note(s)}")
-    lines.append(f"{'total':<16}{'ok' if report['ok'] else 'NOT OK':<9}{report['seconds']:>8.1f}")
+        lines.append(f"{name:<22}{s['status']:<9}{s['seconds']:>8.1f}  {_note(s)}")
+    lines.append(f"{'total':<22}{'ok' if report['ok'] else 'NOT OK':<9}{report['seconds']:>8.1f}")
     return "\n".join(lines)
 
 

@@ -4,9 +4,10 @@ Timings are never asserted (a shared CI machine makes them meaningless). What a 
 get wrong is asserted instead: its fast path against the reference it is compared with
 (``max_abs_diff`` columns), variants doing the same work (equal tokens, equal test tokens).
 
-``benchmarks/gpu_check.py --smoke`` runs five of the benchmarks, the CUDA tests (which skip
-here) and a short ``lm-train`` of each head on the CPU: one subprocess covers them, and its
-JSON is read by the tests below. The curriculum and vocabulary-scale benchmarks run in-process.
+``benchmarks/gpu_check.py --smoke`` runs six of the benchmarks, the CUDA tests (which skip
+here) and a short ``lm-train`` of each head, LSTM and transformer, on the CPU: one subprocess
+covers them, and its JSON is read by the tests below. The curriculum, vocabulary-scale,
+continual and kNN-LM benchmarks run in-process.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-STAGES = ["environment", "cuda_tests", "bench_hebbian", "bench_memory", "bench_lm", "bench_fwm", "bench_adaptive",
-          "lm_train"]
+STAGES = ["environment", "cuda_tests", "bench_hebbian", "bench_memory", "bench_lm", "bench_transformer", "bench_fwm",
+          "bench_adaptive", "lm_train", "lm_train_transformer"]
 
 
 def load_benchmark(name: str):
@@ -101,6 +102,16 @@ def test_gpu_check_trains_each_head(smoke):
         assert 1 < r["final_val_ppl"] < r["vocab_size"]  # better than uniform after 20 steps
 
 
+def test_gpu_check_trains_the_transformer(smoke):
+    res = stage(smoke, "lm_train_transformer")
+    assert "arch=transformer" in res["settings"]
+    for head in ("softmax", "hebbian"):
+        r = res[head]
+        assert r["steps"] == 20 and r["steps_per_s_steady"] > 0 and math.isfinite(r["tokens_per_s_steady"])
+        assert math.isfinite(r["final_train_ppl"]) and math.isfinite(r["final_val_ppl"])
+    assert 1 < res["softmax"]["final_val_ppl"] < res["softmax"]["vocab_size"]  # better than uniform
+
+
 def test_gpu_check_stages_time_out_and_skip(tmp_path):
     """A stage past its share is stopped (status timeout), later ones run or are skipped, and
     the JSON is still written."""
@@ -143,6 +154,32 @@ def test_bench_lm(smoke):
         assert r["achieved_flops_per_s"] == pytest.approx(fpt["train"] * r["tokens_per_s_median"])
     assert checks["log_vocab"] == pytest.approx(math.log(res["vocab_size"]))
     assert checks["mean_loss_gap_softmax_plain"] < 0.1  # same model shape, data and optimizer
+
+
+def test_bench_transformer(smoke):
+    res = stage(smoke, "bench_transformer")
+    assert res["benchmark"] == "transformer_lm_train_throughput" and res["settings"]["data"] == "synthetic"
+    fpt = res["flops_per_token"]
+    # The formula against the module's own weights and torch's FLOP counter (math attention).
+    assert fpt["check"]["matmul_params_counted"] == fpt["matmul_params"] == sum(fpt["matmul_params_by_part"].values())
+    if fpt["check"]["counted_train"] is not None:
+        assert fpt["check"]["counted_train"] == fpt["train"] and fpt["check"]["counted_forward"] == fpt["forward"]
+    assert fpt["train"] == 3 * fpt["forward"] == 3 * (fpt["matmul_forward"] + fpt["attention_forward"])
+    rounds, checks = res["settings"]["rounds"], res["checks"]
+    assert checks["equal_tokens"] and checks["finite"] and checks["flops_formula_matches_count"]
+    assert res["tokens_per_step"] == res["settings"]["batch"] * res["settings"]["context"]
+    for name in ("fastbind_softmax", "plain", "fastbind_hebbian"):
+        r = res["results"][name]
+        assert r["tokens_rounds"] == [res["tokens_per_step"] * res["settings"]["steps"]] * rounds
+        # The Hebbian rows memorize LayerNorm outputs (norm about sqrt(d)): at this size its first
+        # steps' loss lies above log V, so it is only required to be finite.
+        limit = math.inf if name == "fastbind_hebbian" else checks["log_vocab"] + 0.5
+        assert all(0 < loss < limit for loss in r["mean_loss_rounds"]), name
+        assert r["achieved_flops_per_s"] == pytest.approx(fpt["train"] * r["tokens_per_s_median"])
+    assert checks["mean_loss_gap_softmax_plain"] < 0.1  # the same module, data and optimizer
+    ratios = res["ratios"]
+    assert ratios["hebbian_time_over_softmax"] == pytest.approx(
+        res["results"]["fastbind_softmax"]["tokens_per_s_median"] / res["results"]["fastbind_hebbian"]["tokens_per_s_median"])
 
 
 def test_bench_fwm(smoke):
@@ -202,3 +239,38 @@ def test_bench_continual(tmp_path, restore_threads):
     assert [(r["memory"], r["k"], r["steps"]) for r in res["rows"]] == [(200, 10, 1), (200, 10, 2)]
     assert all(r["plain_per_s"] > 0 and r["mbpa_per_s"] > 0 for r in res["rows"])
     assert res["target_10k_images_s"] is None  # the target configuration is not in a quick run
+
+
+def test_bench_knnlm(tmp_path, restore_threads):
+    """Both key dtypes are built and searched; the exact search agrees with brute force; with
+    faiss installed the IVF index is built and its recall is a fraction."""
+    out = tmp_path / "knnlm.json"
+    load_benchmark("bench_knnlm").main(["--smoke", "--threads", "1", "--tmp", str(tmp_path / "stores"),
+                                        "--out", str(out)])
+    res = json.loads(out.read_text())
+    s = res["settings"]
+    assert res["benchmark"] == "knnlm_datastore" and res["threads"] == 1
+    assert [r["dtype"] for r in res["results"]] == ["float16", "float32"]
+    for r in res["results"]:
+        b = r["build"]
+        assert b["rows"] == s["keys"] and b["rows_per_s"] > 0
+        header = b["keys_bytes"] - s["keys"] * s["dim"] * (2 if r["dtype"] == "float16" else 4)
+        assert 0 < header <= 4096  # keys.npy holds the keys and a small header
+        assert b["datastore_bytes"] > b["keys_bytes"] + 4 * s["keys"]  # int32 values and the meta too
+        assert r["exact_check"]["recall_vs_bruteforce"] == 1.0 and r["exact_check"]["dist_max_rel_diff"] < 1e-4
+        e = r["exact"]
+        assert e["queries"] == s["queries"] and e["calls"] == math.ceil(s["queries"] / s["query_batch"])
+        assert e["queries_per_s"] > 0
+        m = r["memory"]
+        assert m["rss_peak_increase"] >= 0 and m["datastore_bytes"] == b["datastore_bytes"]
+    assert not any((tmp_path / "stores").iterdir())  # the datastores are removed
+    f16 = res["results"][0]
+    if res["faiss_available"]:
+        f = f16["faiss"]
+        assert f["kind"] == f"IVF{s['nlist']},Flat" and f["index_bytes"] > 0
+        assert [n["nprobe"] for n in f["nprobe"]] == s["nprobe"]
+        for n in f["nprobe"]:
+            assert all(0 <= v <= 1 for v in n["recall"].values()) and n["queries_per_s"] > 0
+        assert f["nprobe"][-1]["recall"][f"at_{s['k']}"] >= f["nprobe"][0]["recall"][f"at_{s['k']}"]
+    else:
+        assert f16["faiss"] is None
