@@ -307,6 +307,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
             streams[True] = dyneval_stream(model, tokens, dyneval, stats, device=device, max_tokens=cfg.max_tokens,
                                            progress=cfg.progress, window=window)
             context["dyneval_stride"] = dyneval.segment if not model.recurrent else None
+        if knnlm is not None and knnlm.backend == "faiss":
+            context.update(knnlm_recall(store, streams[False][0], knnlm))
         lps, settings = {}, {}
         for dyn, (H, Y, LP) in streams.items():
             found, made = memory_variants(H, Y, LP, model, cache=cache, mbpa=mbpa, knnlm=knnlm, store=store,
@@ -391,6 +393,18 @@ def knnlm_store(run: RunFolder, lm: LMRun, s: KNNLMSettings, window: int, stride
     if s.backend == "faiss":
         store.build_index(s.nlist)
     return store
+
+
+def knnlm_recall(store: Any, H: torch.Tensor, s: KNNLMSettings, queries: int = 256) -> dict:
+    """Recall@k of the FAISS index against exact search, on the first ``queries`` of the queries
+    ``H[::s.stride]`` (the share of the exact ``k`` nearest entries the index returns), for the
+    evaluation record: ``{"knnlm_recall_at_k", "knnlm_recall_queries"}``."""
+    from fastbind.memory.knn_lm import recall_at_k  # noqa: PLC0415 — numpy-backed module, loaded on use
+
+    q = H[:: s.stride][:queries]
+    _, _, approx = store.search(q, s.k, backend="faiss", nprobe=s.nprobe, return_index=True)
+    _, _, exact = store.search(q, s.k, backend="exact", return_index=True)
+    return {"knnlm_recall_at_k": recall_at_k(approx, exact), "knnlm_recall_queries": int(q.shape[0])}
 
 
 def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch.device,

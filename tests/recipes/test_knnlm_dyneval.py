@@ -176,3 +176,17 @@ def test_transformer_window_longer_than_its_context_is_refused(runs, capsys):
 def test_sweep_bad_grids(runs, capsys, args, fragment):
     assert cli(["lm-sweep", str(runs["lstm"]), "progress=false", *args]) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_faiss_backend_reports_its_recall_against_exact_search(runs):
+    pytest.importorskip("faiss")
+    run = runs["lstm"]
+    assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300", "knnlm.k=8",
+                "knnlm.lambda=0.2", "knnlm.backend=faiss", "knnlm.nlist=4", "knnlm.nprobe=4"]) == 0
+    r = json.loads((run / "eval-test.json").read_text())
+    # every list probed: the exact neighbours up to ties between equal distances
+    assert r["knnlm_recall_at_k"] > 0.99 and r["knnlm_recall_queries"] == 256
+    exact = r["variants"]["+knnlm"]["ppl"]
+    assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300", "knnlm.k=8",
+                "knnlm.lambda=0.2"]) == 0
+    assert json.loads((run / "eval-test.json").read_text())["variants"]["+knnlm"]["ppl"] == pytest.approx(exact, rel=1e-5)
