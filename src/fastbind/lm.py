@@ -36,7 +36,7 @@ from fastbind.evaluation import (
 )
 from fastbind.evaluation.dyneval import DynEvalSettings, dyneval_stream, gradient_statistics, training_batches
 from fastbind.evaluation.sweep import (
-    SweepConfig, _best, apply_best, best_parts, grid_search, memory_log_probs, mixture_rows, row_parts, sweep_markdown,
+    SweepConfig, best_row, apply_best, best_parts, grid_search, memory_log_probs, mixture_rows, row_parts, sweep_markdown,
 )
 from fastbind.layers.hebbian_adaptive import default_cutoffs
 from fastbind.layers.hebbian_softmax import paper_settings
@@ -373,7 +373,7 @@ def knnlm_store(run: RunFolder, lm: LMRun, s: KNNLMSettings, window: int, stride
     """
     from fastbind.memory.knn_lm import KNNLM  # noqa: PLC0415 — numpy-backed module, loaded on use
 
-    cfg, model, corpus, ck = lm
+    _, model, corpus, ck = lm
     source = {"step": int(ck["step"]), "vocab_digest": ck.get("vocab_digest"), "tokens": int(corpus.train.numel()),
               "window": window, "stride": stride}
     path = run.path / f"knnlm-step{int(ck['step'])}-{s.dtype}"
@@ -412,7 +412,7 @@ def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch
     """Dynamic evaluation's gradient statistics over the run's training split (its first
     ``s.stats_tokens``): a recurrent model in the authors' batches (``stats_batch`` rows ×
     ``segment`` tokens, state carried), a transformer in ``stats_batch`` rows × ``window`` tokens."""
-    cfg, model, corpus, _ = lm
+    _, model, corpus, _ = lm
     if model.recurrent:
         batches = training_batches(corpus.train, s)
     else:
@@ -456,15 +456,15 @@ def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
             s = cfg.dyneval_settings(lr, decay)
             _, _, lp = dyneval_stream(model, tokens[: n + 1], s, stats, device=device, window=window)
             rows.append({"dyneval": s.record(), "ppl": math.exp(float(-lp.double().mean())), "tokens": n})
-        best = row_parts(_best(rows))["dyneval"]
-        result.update({"best_dyneval": _best(rows), "dyneval_tokens": n,
+        best = row_parts(best_row(rows))["dyneval"]
+        result.update({"best_dyneval": best_row(rows), "dyneval_tokens": n,
                        "model_ppl_dyneval_tokens": math.exp(float(-LP[:n].double().mean()))})
         result["grid"]["dyneval"] = rows
         Hd, Yd, LPd = dyneval_stream(model, tokens, best, stats, device=device, max_tokens=cfg.max_tokens,
                                      progress=cfg.progress, window=window)
         grids.update(mixture_rows(LPd, parts, memory_log_probs(Hd, Yd, parts, W, b, store, cfg), cfg.mix_lambdas,
                                   dyneval=best))
-    result["best_mixtures"] = {name: _best(rows) for name, rows in grids.items()}
+    result["best_mixtures"] = {name: best_row(rows) for name, rows in grids.items()}
     result["grid"]["mixtures"] = grids
     name = f"sweep-{cfg.split}-{cfg.tag}" if cfg.tag else f"sweep-{cfg.split}"
     run.write_result(name, result)

@@ -128,7 +128,7 @@ def test_windowed_evaluation_scores_each_target_with_its_window_context():
     m = make()
     tokens = torch.randint(0, V, (61,))
     window, stride = 16, 5
-    _, Y, LP = collect_stream(m, tokens, bptt=7, device=torch.device("cpu"), window=window, stride=stride)
+    _, _, LP = collect_stream(m, tokens, bptt=7, device=torch.device("cpu"), window=window, stride=stride)
     ref = torch.empty(60)
     for a, c, b in window_spans(60, window, stride):  # slow: one forward per window, read by hand
         _, lp = _full_context_scores(m, tokens[a : b + 1])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastbind.cli import main as cli
-from fastbind.evaluation import collect_stream, window_spans, windows
+from fastbind.evaluation import collect_stream, window_spans
 from fastbind.evaluation.dyneval import DynEvalSettings, DynamicEvaluator, dyneval_stream, gradient_statistics
 from fastbind.lm import load_lm_run
 from fastbind.memory import KNNLM
@@ -84,7 +84,7 @@ def test_transformer_dyneval_is_score_then_adapt_over_the_windows(runs):
     from fastbind.data.stream import ChunkStream
     stats = gradient_statistics(model, ChunkStream(corpus.train[:401], 4, 10))
     tokens = corpus.test[:61]
-    H, Y, LP = dyneval_stream(model, tokens, s, stats, device=CPU, window=10)
+    _, Y, LP = dyneval_stream(model, tokens, s, stats, device=CPU, window=10)
     ref_model = copy.deepcopy(model).eval()
     ev = DynamicEvaluator(ref_model, stats, s)
     ref = torch.empty(60)

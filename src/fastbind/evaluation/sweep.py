@@ -51,7 +51,8 @@ from fastbind.evaluation import (
 )
 from fastbind.evaluation.dyneval import DynEvalSettings
 
-__all__ = ["SweepConfig", "apply_best", "grid_search", "mixture_rows", "row_parts", "row_settings", "sweep_markdown"]
+__all__ = ["SweepConfig", "apply_best", "best_parts", "best_row", "grid_search", "memory_log_probs", "mixture_rows",
+           "row_parts", "row_settings", "sweep_markdown"]
 
 
 @dataclass
@@ -267,17 +268,18 @@ def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Ten
         "tokens": int(Y.numel()), "model_ppl": math.exp(_nll(LP)),
         "mbpa_stride": cfg.mbpa_stride, "mbpa_tokens": int(LP_s.numel()) if cfg.mbpa else 0,
         "model_ppl_mbpa_tokens": math.exp(_nll(LP_s)) if cfg.mbpa else None,
-        "best_cache": _best(cache_rows), "best_mbpa": _best(mbpa_rows), "best_mixture": _best(mix_rows),
+        "best_cache": best_row(cache_rows), "best_mbpa": best_row(mbpa_rows), "best_mixture": best_row(mix_rows),
         "grid": {"cache": cache_rows, "mbpa": mbpa_rows, "mixture": mix_rows},
     }
     if cfg.knnlm:
         result.update({"knnlm_stride": cfg.knnlm_stride, "knnlm_tokens": int(LP[::cfg.knnlm_stride].numel()),
-                       "model_ppl_knnlm_tokens": math.exp(_nll(LP[::cfg.knnlm_stride])), "best_knnlm": _best(knn_rows)})
+                       "model_ppl_knnlm_tokens": math.exp(_nll(LP[::cfg.knnlm_stride])), "best_knnlm": best_row(knn_rows)})
         result["grid"]["knnlm"] = knn_rows
     return result
 
 
-def _best(rows: list[dict]) -> dict | None:
+def best_row(rows: list[dict]) -> dict | None:
+    """The row of lowest perplexity (None for no rows)."""
     return min(rows, key=lambda r: r["ppl"]) if rows else None
 
 
