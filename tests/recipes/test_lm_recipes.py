@@ -338,3 +338,26 @@ def test_lm_train_and_demo_runs_name_their_recipe(tmp_path):
     out = tmp_path / "demo"
     assert cli(["demo", f"out={out}", "max_steps=2", "eval_every=0", "memories=false", "parallel=false", *TINY]) == 0
     assert _recipe(out / "softmax") == "lm-train" and _recipe(out / "hebbian") == "lm-train"
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (("carry_state=true",), "carry_state=true needs a recurrent model"),
+    (("bptt=20",), "bptt=20 is longer than the transformer's context (transformer.context=16)"),
+    (("transformer.heads=3",), "3 heads do not divide the width 16"),
+])
+def test_transformer_settings_that_do_not_go_together(tmp_path, capsys, extra, fragment):
+    out = tmp_path / "tf"
+    assert train(out, "arch=transformer", "transformer.context=16", "transformer.heads=2", "max_steps=2",
+                 *[e for e in extra if not e.startswith("transformer.heads")],
+                 *[e for e in extra if e.startswith("transformer.heads")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+    assert not (out / "last.pt").exists()
+
+
+def test_transformer_trains_with_its_context_as_the_default_chunk(tmp_path):
+    out = tmp_path / "tf"
+    assert train(out, "arch=transformer", "transformer.context=12", "transformer.heads=2", "bptt=0",
+                 "max_steps=3", "eval_every=3") == 0
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["config"]["bptt"] == 12 and json.loads((out / "config.json").read_text())["bptt"] == 12
