@@ -82,3 +82,43 @@ def matmul_peak(n: int, times: list[float]) -> dict:
     med = statistics.median(times)
     return {"size": n, "runs": len(times), "seconds_median": med, "flops_per_s": 2 * n**3 / med,
             "flops_per_s_best": 2 * n**3 / min(times)}
+
+
+def interleaved_rounds(runners: dict, a, device: torch.device, train_flops_per_token: float) -> tuple[dict, dict, dict]:
+    """Time training loops side by side: ``runners`` (name → a call returning ``{"tokens",
+    "seconds", "mean_loss", ...}``) run once each with ``a.warmup_steps`` steps (when set), then
+    ``a.rounds`` rounds, each in a rotated order, the matmul peak sampled before and after every
+    round. Returns ``(rounds, results, peak)``: each variant's round records, its medians
+    (tokens/s, achieved FLOP/s, fraction of the peak, losses, tokens), and the peak."""
+    names = list(runners)
+    peak_times = matmul_times(a.peak_size, a.peak_reps, device)
+    if a.warmup_steps:
+        timed_steps, a.steps = a.steps, a.warmup_steps
+        for name in names:
+            runners[name]()
+        a.steps = timed_steps
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(a.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            res = runners[name]()
+            res["tokens_per_s"] = res["tokens"] / res["seconds"]
+            rounds[name].append(res)
+        print(f"round {r + 1}/{a.rounds}: " + "  ".join(
+            f"{n} {rounds[n][-1]['tokens_per_s']:,.0f} tok/s" for n in names), flush=True)
+        peak_times += matmul_times(a.peak_size, a.peak_reps, device)
+    peak = matmul_peak(a.peak_size, peak_times)
+    results = {}
+    for name in names:
+        tps = [x["tokens_per_s"] for x in rounds[name]]
+        med = statistics.median(tps)
+        achieved = train_flops_per_token * med
+        entry = {"tokens_per_s_median": med, "tokens_per_s_rounds": tps,
+                 "seconds_rounds": [x["seconds"] for x in rounds[name]],
+                 "achieved_flops_per_s": achieved, "fraction_of_peak": achieved / peak["flops_per_s"]}
+        if name.startswith("fastbind"):
+            logged = [x["tokens_per_s_logged"] for x in rounds[name] if x["tokens_per_s_logged"]]
+            entry["tokens_per_s_logged_median"] = statistics.median(logged) if logged else None
+        entry["mean_loss_rounds"] = [x["mean_loss"] for x in rounds[name]]
+        entry["tokens_rounds"] = [x["tokens"] for x in rounds[name]]
+        results[name] = entry
+    return rounds, results, peak

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -67,7 +66,7 @@ from fastbind.models.registry import LSTMConfig, ModelConfig
 from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 
-from _common import environment, matmul_peak, matmul_times, sync, write_result  # benchmarks/_common.py
+from _common import environment, interleaved_rounds, sync, write_result  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PTB = REPO.parent / "shared" / "data" / "ptb"
@@ -220,47 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     V = len(corpus.vocab)
     plain_data = plain_batchify(corpus.train, a.batch, device)
 
-    # The peak is sampled before the runs and after every round, like the variants interleaved.
-    peak_times = matmul_times(a.peak_size, a.peak_reps, device)
     fpt = flops_per_token(V, a.hidden, a.hidden, a.layers)
-
     runners = {
         "fastbind_softmax": lambda: run_fastbind(a, "softmax", synthetic),
         "plain": lambda: run_plain(plain_data, V, a, device),
         "fastbind_hebbian": lambda: run_fastbind(a, "hebbian", synthetic),
     }
-    if a.warmup_steps:
-        timed_steps, a.steps = a.steps, a.warmup_steps
-        for name in VARIANTS:
-            runners[name]()
-        a.steps = timed_steps
-
-    rounds: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    for r in range(a.rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
-        for name in order:
-            res = runners[name]()
-            res["tokens_per_s"] = res["tokens"] / res["seconds"]
-            rounds[name].append(res)
-        print(f"round {r + 1}/{a.rounds}: " + "  ".join(
-            f"{n} {rounds[n][-1]['tokens_per_s']:,.0f} tok/s" for n in VARIANTS), flush=True)
-        peak_times += matmul_times(a.peak_size, a.peak_reps, device)
-    peak = matmul_peak(a.peak_size, peak_times)
-
-    results = {}
-    for name in VARIANTS:
-        tps = [x["tokens_per_s"] for x in rounds[name]]
-        med = statistics.median(tps)
-        achieved = fpt["train"] * med
-        entry = {"tokens_per_s_median": med, "tokens_per_s_rounds": tps,
-                 "seconds_rounds": [x["seconds"] for x in rounds[name]],
-                 "achieved_flops_per_s": achieved, "fraction_of_peak": achieved / peak["flops_per_s"]}
-        if name.startswith("fastbind"):
-            logged = [x["tokens_per_s_logged"] for x in rounds[name] if x["tokens_per_s_logged"]]
-            entry["tokens_per_s_logged_median"] = statistics.median(logged) if logged else None
-        entry["mean_loss_rounds"] = [x["mean_loss"] for x in rounds[name]]
-        entry["tokens_rounds"] = [x["tokens"] for x in rounds[name]]
-        results[name] = entry
+    rounds, results, peak = interleaved_rounds(runners, a, device, fpt["train"])
 
     def per_round(num: str, den: str) -> list[float]:
         return [n["tokens_per_s"] / d["tokens_per_s"] for n, d in zip(rounds[num], rounds[den])]
