@@ -410,15 +410,24 @@ def knnlm_recall(store: Any, H: torch.Tensor, s: KNNLMSettings, queries: int = 2
 def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch.device,
                        progress: bool = False) -> dict[str, torch.Tensor]:
     """Dynamic evaluation's gradient statistics over the run's training split (its first
-    ``s.stats_tokens``): a recurrent model in the authors' batches (``stats_batch`` rows ×
-    ``segment`` tokens, state carried), a transformer in ``stats_batch`` rows × ``window`` tokens."""
+    ``s.stats_tokens``), each batch's gradient taken as evaluation takes its steps: a recurrent
+    model in the authors' batches (``stats_batch`` rows × ``segment`` tokens, state carried), a
+    transformer in ``stats_batch`` rows of ``window`` tokens whose loss is the mean over each
+    row's last ``segment`` targets (the others ``-100``), as a window of dynamic evaluation
+    scores ``segment`` new targets with the rest as context."""
     _, model, corpus, _ = lm
     if model.recurrent:
-        batches = training_batches(corpus.train, s)
-    else:
-        tokens = corpus.train[: s.stats_tokens + 1] if s.stats_tokens else corpus.train
-        batches = ChunkStream(tokens, s.stats_batch, window)
+        return gradient_statistics(model, training_batches(corpus.train, s), device=device, progress=progress)
+    tokens = corpus.train[: s.stats_tokens + 1] if s.stats_tokens else corpus.train
+    chunks = ChunkStream(tokens, s.stats_batch, window)
+    batches = [(x, last_targets(y, s.segment)) for x, y in chunks]
     return gradient_statistics(model, batches, device=device, progress=progress)
+
+
+def last_targets(y: torch.Tensor, n: int) -> torch.Tensor:
+    """``y (B, L)`` with every target but the last ``n`` of each row set to ``-100`` (ignored)."""
+    keep = torch.arange(y.shape[1], device=y.device) >= y.shape[1] - n
+    return y.masked_fill(~keep, -100)
 
 
 def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:

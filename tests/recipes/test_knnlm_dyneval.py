@@ -190,3 +190,24 @@ def test_faiss_backend_reports_its_recall_against_exact_search(runs):
     assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300", "knnlm.k=8",
                 "knnlm.lambda=0.2"]) == 0
     assert json.loads((run / "eval-test.json").read_text())["variants"]["+knnlm"]["ppl"] == pytest.approx(exact, rel=1e-5)
+
+
+def test_transformer_statistics_take_each_rows_last_segment_as_evaluation_steps_do(runs):
+    from fastbind.data.stream import ChunkStream
+    from fastbind.lm import dyneval_statistics, last_targets
+
+    lm = load_lm_run(runs["transformer"])
+    s = DynEvalSettings(lr=1e-4, segment=3, stats_tokens=200, stats_batch=4)
+    ms = dyneval_statistics(lm, s, 10, CPU)
+    # by hand: the squared gradient of each batch's mean NLL over its rows' last 3 targets, averaged
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p) for p in params]
+    chunks = list(ChunkStream(lm.corpus.train[:201], 4, 10))
+    lm.model.eval()
+    for x, y in chunks:
+        out = lm.model(x, None, targets=y)
+        grads = torch.autograd.grad(out.nll[:, -3:].mean(), params)
+        sums = [a + g**2 for a, g in zip(sums, grads)]
+    for (name, _), total in zip(((n, p) for n, p in lm.model.named_parameters() if p.requires_grad), sums):
+        torch.testing.assert_close(ms[name], total / len(chunks), rtol=1e-5, atol=1e-12, msg=name)
+    assert last_targets(torch.arange(5).view(1, 5), 2).tolist() == [[-100, -100, -100, 3, 4]]
