@@ -122,3 +122,22 @@ def interleaved_rounds(runners: dict, a, device: torch.device, train_flops_per_t
         entry["tokens_rounds"] = [x["tokens"] for x in rounds[name]]
         results[name] = entry
     return rounds, results, peak
+
+
+def run_lm_train(config_for, prefix: str) -> dict:
+    """One ``lm-train`` run (:func:`fastbind.lm.train`) in a temporary folder, timed by the recipe
+    itself: ``config_for(out)`` gives its config. Returns ``{"seconds", "tokens",
+    "tokens_per_s_logged", "mean_loss"}`` (the last logged rate and mean training loss)."""
+    import tempfile  # noqa: PLC0415
+
+    from fastbind.lm import train  # noqa: PLC0415
+    from fastbind.training.metrics import read_metrics  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        out = Path(tmp) / "run"
+        summary = train(config_for(out))
+        records = read_metrics(out)
+    logged = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]  # one record: the mean over every step
+    return {"seconds": summary["seconds_this_run"], "tokens": summary["train_tokens"],
+            "tokens_per_s_logged": logged[-1] if logged else None, "mean_loss": losses[-1] if losses else None}

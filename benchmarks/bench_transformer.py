@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,13 +82,12 @@ from torch import nn
 
 from fastbind.data import load_corpus
 from fastbind.data.synthetic import SyntheticConfig
-from fastbind.lm import LMTrainConfig, train
+from fastbind.lm import LMTrainConfig
 from fastbind.models.registry import ModelConfig
 from fastbind.models.transformer_lm import TransformerConfig, TransformerLM, mlp_hidden
-from fastbind.training.metrics import read_metrics
 from fastbind.training.optim import OptimConfig
 
-from _common import environment, interleaved_rounds, sync, write_result  # benchmarks/_common.py
+from _common import environment, interleaved_rounds, run_lm_train, sync, write_result  # benchmarks/_common.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PTB = REPO.parent / "shared" / "data" / "ptb"
@@ -162,14 +160,7 @@ def fastbind_config(a: argparse.Namespace, head: str, out: Path, synthetic: Synt
 
 
 def run_fastbind(a: argparse.Namespace, head: str, synthetic: SyntheticConfig) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench_transformer_") as tmp:
-        out = Path(tmp) / "run"
-        summary = train(fastbind_config(a, head, out, synthetic))
-        records = read_metrics(out)
-    logged = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r]
-    losses = [r["train/loss"] for r in records if "train/loss" in r]  # one record: the mean over every step
-    return {"seconds": summary["seconds_this_run"], "tokens": summary["train_tokens"],
-            "tokens_per_s_logged": logged[-1] if logged else None, "mean_loss": losses[-1] if losses else None}
+    return run_lm_train(lambda out: fastbind_config(a, head, out, synthetic), "bench_transformer_")
 
 
 # ---------------------------------------------------------------- FLOPs
