@@ -14,6 +14,7 @@ functions (a recipe imports no other recipe)::
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -265,6 +266,8 @@ class LMEvalConfig:
             raise BadSetting("buckets", f"must be strictly increasing counts >= 1, got {list(self.buckets)}")
         check_device(self.device)
         check_memories(self.cache, self.mbpa, self.knnlm)
+        if self.knnlm.lam > 0 and self.split == "train":
+            raise UserError("knnlm on split=train finds every query in its own datastore: evaluate valid or test")
         if (self.cache.lam > 0 or self.mbpa.lam > 0 or self.knnlm.lam > 0 or self.dyneval.on) and self.batch_size != 1:
             raise BadSetting("batch_size", "the memories and dynamic evaluation read the split as one stream: "
                                            "use batch_size=1")
@@ -294,7 +297,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     cache = cfg.cache if cfg.cache.lam > 0 else None
     mbpa = replace(cfg.mbpa, size=cfg.mbpa.size or cfg.cache.size) if cfg.mbpa.lam > 0 else None
     knnlm = cfg.knnlm if cfg.knnlm.lam > 0 else None
-    dyneval = cfg.dyneval if cfg.dyneval.on else None
+    dyneval = dyneval_reading(model, cfg.dyneval, stride, "dyneval.segment") if cfg.dyneval.on else None
     if mbpa is not None and model.is_adaptive:
         raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
     lm = LMRun(train_cfg, model, corpus, ck)
@@ -305,8 +308,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
         if dyneval is not None:
             stats = dyneval_statistics(lm, dyneval, window, device, cfg.progress)
             streams[True] = dyneval_stream(model, tokens, dyneval, stats, device=device, max_tokens=cfg.max_tokens,
-                                           progress=cfg.progress, window=window)
-            context["dyneval_stride"] = dyneval.segment if not model.recurrent else None
+                                           progress=cfg.progress, window=window, stride=stride)
         if knnlm is not None and knnlm.backend == "faiss":
             context.update(knnlm_recall(store, streams[False][0], knnlm))
         lps, settings = {}, {}
@@ -362,20 +364,29 @@ def memory_variants(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, model: L
     return lps, settings
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-1 of a model's state (names and bytes, any dtype): what a datastore's keys came from."""
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def knnlm_store(run: RunFolder, lm: LMRun, s: KNNLMSettings, window: int, stride: int, device: torch.device,
                 progress: bool = False) -> Any:
     """The run's kNN-LM datastore: ``(h_t, y_{t+1})`` of every target of the training split, read
     as evaluation reads a split (a transformer in the same windows), in
     ``<run>/knnlm-step<N>-<dtype>/`` (:class:`~fastbind.memory.KNNLM`, memory-mapped).
 
-    Built on first use and reused while its checkpoint step, vocabulary and reading match;
-    with ``backend=faiss`` its IVF index is built once beside it.
+    Built on first use and reused while its checkpoint step, weights (:func:`weights_digest`),
+    vocabulary and reading match; with ``backend=faiss`` its IVF index is built once beside it.
     """
     from fastbind.memory.knn_lm import KNNLM  # noqa: PLC0415 — numpy-backed module, loaded on use
 
     _, model, corpus, ck = lm
-    source = {"step": int(ck["step"]), "vocab_digest": ck.get("vocab_digest"), "tokens": int(corpus.train.numel()),
-              "window": window, "stride": stride}
+    source = {"step": int(ck["step"]), "weights": weights_digest(model), "vocab_digest": ck.get("vocab_digest"),
+              "tokens": int(corpus.train.numel()), "window": window, "stride": stride}
     path = run.path / f"knnlm-step{int(ck['step'])}-{s.dtype}"
     try:
         store = KNNLM.load(path)
@@ -407,6 +418,17 @@ def knnlm_recall(store: Any, H: torch.Tensor, s: KNNLMSettings, queries: int = 2
     return {"knnlm_recall_at_k": recall_at_k(approx, exact), "knnlm_recall_queries": int(q.shape[0])}
 
 
+def dyneval_reading(model: LanguageModel, s: DynEvalSettings, stride: int, key: str) -> DynEvalSettings:
+    """``s`` with its segment made concrete for ``model`` read at ``stride``
+    (:meth:`~fastbind.evaluation.dyneval.DynEvalSettings.resolve_segment`); a transformer's
+    segment other than its stride is a one-line error naming ``key`` as the user typed it."""
+    try:
+        return s.resolve_segment(model.recurrent, stride)
+    except ValueError:
+        raise UserError(f"{key}={s.segment}: a transformer adapts once per window of its reading, so its segment "
+                        f"is the reading's stride ({stride}); set stride={s.segment} instead") from None
+
+
 def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch.device,
                        progress: bool = False) -> dict[str, torch.Tensor]:
     """Dynamic evaluation's gradient statistics over the run's training split (its first
@@ -414,7 +436,8 @@ def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch
     model in the authors' batches (``stats_batch`` rows × ``segment`` tokens, state carried), a
     transformer in ``stats_batch`` rows of ``window`` tokens whose loss is the mean over each
     row's last ``segment`` targets (the others ``-100``), as a window of dynamic evaluation
-    scores ``segment`` new targets with the rest as context."""
+    scores ``segment`` new targets with the rest as context. ``s`` has its segment made concrete
+    (:func:`dyneval_reading`)."""
     _, model, corpus, _ = lm
     if model.recurrent:
         return gradient_statistics(model, training_batches(corpus.train, s), device=device, progress=progress)
@@ -457,20 +480,23 @@ def sweep_run(run_dir: str | os.PathLike[str], cfg: SweepConfig) -> dict:
     del memo
     stats = None
     if cfg.dyneval:
-        stats = dyneval_statistics(lm, cfg.dyneval_settings(1.0, 0.0), window, device, cfg.progress)
+        def settings(lr: float, decay: float) -> DynEvalSettings:
+            return dyneval_reading(model, cfg.dyneval_settings(lr, decay), stride, "dyneval_segment")
+
+        stats = dyneval_statistics(lm, settings(1.0, 0.0), window, device, cfg.progress)
         n = min(Y.numel(), cfg.dyneval_max_tokens or Y.numel())
         rows = []
         for lr, decay in tqdm(list(itertools.product(cfg.dyneval_lrs, cfg.dyneval_decays)), desc="dyneval sweep",
                               disable=not cfg.progress):
-            s = cfg.dyneval_settings(lr, decay)
-            _, _, lp = dyneval_stream(model, tokens[: n + 1], s, stats, device=device, window=window)
+            s = settings(lr, decay)
+            _, _, lp = dyneval_stream(model, tokens[: n + 1], s, stats, device=device, window=window, stride=stride)
             rows.append({"dyneval": s.record(), "ppl": math.exp(float(-lp.double().mean())), "tokens": n})
         best = row_parts(best_row(rows))["dyneval"]
         result.update({"best_dyneval": best_row(rows), "dyneval_tokens": n,
                        "model_ppl_dyneval_tokens": math.exp(float(-LP[:n].double().mean()))})
         result["grid"]["dyneval"] = rows
         Hd, Yd, LPd = dyneval_stream(model, tokens, best, stats, device=device, max_tokens=cfg.max_tokens,
-                                     progress=cfg.progress, window=window)
+                                     progress=cfg.progress, window=window, stride=stride)
         grids.update(mixture_rows(LPd, parts, memory_log_probs(Hd, Yd, parts, W, b, store, cfg), cfg.mix_lambdas,
                                   dyneval=best))
     result["best_mixtures"] = {name: best_row(rows) for name, rows in grids.items()}
@@ -505,10 +531,10 @@ def apply_to_split(run: RunFolder, lm: LMRun, result: dict, cfg: SweepConfig, sp
         store = knnlm_store(run, lm, cfg.knnlm_settings(1, 1.0), window, stride, device, cfg.progress)
     dyn = None
     if result.get("best_dyneval"):
-        best = row_parts(result["best_dyneval"])["dyneval"]
+        best = dyneval_reading(model, row_parts(result["best_dyneval"])["dyneval"], stride, "dyneval_segment")
         stats = stats if stats is not None else dyneval_statistics(lm, best, window, device, cfg.progress)
         dyn = dyneval_stream(model, tokens, best, stats, device=device, max_tokens=cfg.test_max_tokens,
-                             progress=cfg.progress, window=window)
+                             progress=cfg.progress, window=window, stride=stride)
     lps, settings = apply_best(H, Y, LP, W, b, result, cfg, store=store, dyneval_stream=dyn)
     results = bucket_results(lps, Y, corpus.train_counts, tuple(train_cfg.buckets))
     out = eval_record(results, variant_settings=settings, split=split, checkpoint=cfg.checkpoint,

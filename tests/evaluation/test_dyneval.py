@@ -105,12 +105,23 @@ def reference_stream(model, tokens, s: DynEvalSettings, ms: dict):
 def test_settings_on_and_record():
     s = DynEvalSettings()
     assert not s.on and DynEvalSettings(lr=5e-5).on
-    assert s.record() == {"lr": 0.0, "decay": 0.002, "eps": 2e-5, "segment": 5, "stats_tokens": 0,
+    assert s.record() == {"lr": 0.0, "decay": 0.002, "eps": 2e-5, "segment": 0, "stats_tokens": 0,
                           "stats_batch": 100}
 
 
+def test_segment_resolves_per_family():
+    # a recurrent model: 0 is the authors' 5 tokens, a given segment stays
+    assert DynEvalSettings().resolve_segment(True, 64).segment == 5
+    assert DynEvalSettings(segment=20).resolve_segment(True, 64).segment == 20
+    # a transformer: one step per window of its reading, so the segment is the stride
+    assert DynEvalSettings().resolve_segment(False, 64).segment == 64
+    assert DynEvalSettings(segment=16).resolve_segment(False, 16).segment == 16
+    with pytest.raises(ValueError, match="must be its stride"):
+        DynEvalSettings(segment=16).resolve_segment(False, 64)
+
+
 @pytest.mark.parametrize("key,value", [("lr", -1e-5), ("lr", math.nan), ("decay", -0.1), ("decay", math.nan),
-                                       ("eps", 0.0), ("segment", 0), ("stats_tokens", -1), ("stats_batch", 0)])
+                                       ("eps", 0.0), ("segment", -1), ("stats_tokens", -1), ("stats_batch", 0)])
 def test_bad_settings_name_the_key(key, value):
     with pytest.raises(BadSetting) as e:
         DynEvalSettings(**{key: value})

@@ -67,6 +67,32 @@ def test_lm_eval_knnlm_matches_a_brute_force_datastore_and_mixture(runs, arch):
     assert (store_dir / "keys.npy").stat().st_mtime_ns == before
 
 
+def test_a_datastore_is_rebuilt_for_other_weights_at_the_same_step(runs, tmp_path):
+    """The datastore is keyed by the checkpoint's weights, not only its step: a model changed
+    under the same step (e.g. retrained in the same folder) gets a new datastore."""
+    import shutil
+
+    from fastbind.evaluation import KNNLMSettings
+    from fastbind.lm import knnlm_store, weights_digest
+    from fastbind.runs import RunFolder
+
+    run = RunFolder(shutil.copytree(runs["lstm"], tmp_path / "run"))
+    lm = load_lm_run(run.path)
+    s = KNNLMSettings(lam=0.1, k=4, dtype="float32")
+    first = knnlm_store(run, lm, s, 0, 0, CPU)
+    assert first.source["weights"] == weights_digest(lm.model)
+    keys = torch.tensor(first.keys[:])
+    with torch.no_grad():
+        lm.model.head.weight.mul_(1.0)  # unchanged weights: the same store
+    assert torch.equal(torch.tensor(knnlm_store(run, lm, s, 0, 0, CPU).keys[:]), keys)
+    with torch.no_grad():
+        next(lm.model.parameters()).add_(0.5)  # the embedding: other keys
+    again = knnlm_store(run, lm, s, 0, 0, CPU)
+    assert again.source["weights"] == weights_digest(lm.model) != first.source["weights"]
+    assert not torch.equal(torch.tensor(again.keys[:]), keys)
+    assert weights_digest(lm.model.to(torch.bfloat16)) != again.source["weights"]  # any dtype hashes
+
+
 def test_knnlm_stride_scores_a_sample_and_reports_the_model_on_it(runs):
     run = runs["lstm"]
     assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=300", "knnlm.k=4",
@@ -84,7 +110,7 @@ def test_transformer_dyneval_is_score_then_adapt_over_the_windows(runs):
     from fastbind.data.stream import ChunkStream
     stats = gradient_statistics(model, ChunkStream(corpus.train[:401], 4, 10))
     tokens = corpus.test[:61]
-    _, Y, LP = dyneval_stream(model, tokens, s, stats, device=CPU, window=10)
+    _, Y, LP = dyneval_stream(model, tokens, s, stats, device=CPU, window=10, stride=4)
     ref_model = copy.deepcopy(model).eval()
     ev = DynamicEvaluator(ref_model, stats, s)
     ref = torch.empty(60)
@@ -98,9 +124,12 @@ def test_transformer_dyneval_is_score_then_adapt_over_the_windows(runs):
     _, _, static = collect_stream(model, tokens, bptt=5, device=CPU, window=10, stride=4)
     torch.testing.assert_close(LP[:10], static[:10], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(LP[10:], static[10:])
-    # lr = 0 is the static windowed evaluation with stride = segment, bit for bit
-    _, _, off = dyneval_stream(model, tokens, DynEvalSettings(lr=0.0, segment=4), stats, device=CPU, window=10)
+    # lr = 0 is the static windowed evaluation in the same windows, bit for bit
+    _, _, off = dyneval_stream(model, tokens, DynEvalSettings(lr=0.0), stats, device=CPU, window=10, stride=4)
     assert torch.equal(off, static)
+    # a segment other than the reading's stride would score targets with other context than the model
+    with pytest.raises(ValueError, match="must be its stride"):
+        dyneval_stream(model, tokens, s, stats, device=CPU, window=10)
     # the trained weights are untouched
     fresh = load_lm_run(runs["transformer"])[1]
     for (n, p), q in zip(model.named_parameters(), fresh.parameters()):
@@ -110,14 +139,30 @@ def test_transformer_dyneval_is_score_then_adapt_over_the_windows(runs):
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
 def test_lm_eval_dyneval_variants_compose_with_the_memories_in_one_pass(runs, arch):
     run = runs[arch]
+    segment = "dyneval.segment=4" if arch == "lstm" else "stride=4"  # a transformer steps once per window
     assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=200", "dyneval.lr=1e-3",
-                "dyneval.segment=4", "dyneval.stats_tokens=400", "dyneval.stats_batch=4", "cache.lambda=0.2",
+                segment, "dyneval.stats_tokens=400", "dyneval.stats_batch=4", "cache.lambda=0.2",
                 "cache.size=50"]) == 0
     r = json.loads((run / "eval-test.json").read_text())
     assert list(r["variants"]) == ["model", "+cache", "+dyneval", "+dyneval+cache"]
     v = r["variants"]
     assert v["+dyneval+cache"]["settings"]["dyneval"]["lr"] == 1e-3 and v["+dyneval+cache"]["settings"]["cache"]
+    assert v["+dyneval+cache"]["settings"]["dyneval"]["segment"] == 4
     assert v["+dyneval"]["ppl"] != v["model"]["ppl"]
+
+
+def test_transformer_dyneval_reads_the_windows_of_the_static_model(runs, capsys):
+    """+dyneval and model score each target with the same context: with a step too small to change
+    a weight, the adapted stream is the static one (the default stride, half the window)."""
+    run = runs["transformer"]
+    assert cli(["lm-eval", str(run), "split=test", "progress=false", "max_tokens=200", "dyneval.lr=1e-30",
+                "dyneval.stats_tokens=400", "dyneval.stats_batch=4"]) == 0
+    r = json.loads((run / "eval-test.json").read_text())
+    assert r["stride"] == 5 and r["variants"]["+dyneval"]["settings"]["dyneval"]["segment"] == 5
+    assert r["variants"]["+dyneval"]["ppl"] == pytest.approx(r["variants"]["model"]["ppl"], rel=1e-6)
+    assert cli(["lm-eval", str(run), "progress=false", "dyneval.lr=1e-3", "dyneval.segment=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dyneval.segment=4" in err and "set stride=4" in err and "\n" not in err
 
 
 def test_sweep_tunes_each_memory_then_the_mixture_lambdas_and_applies_them(runs):
@@ -153,10 +198,12 @@ def test_sweep_tunes_each_memory_then_the_mixture_lambdas_and_applies_them(runs)
 
 @pytest.mark.parametrize("args,fragment", [
     (["knnlm.k=0"], "knnlm.k"), (["knnlm.temperature=0"], "knnlm.temperature"),
-    (["knnlm.lambda=1"], "knnlm.lambda"), (["dyneval.lr=-1"], "dyneval.lr"), (["dyneval.segment=0"], "dyneval.segment"),
+    (["knnlm.lambda=1"], "knnlm.lambda"), (["dyneval.lr=-1"], "dyneval.lr"), (["dyneval.segment=-1"], "dyneval.segment"),
     (["window=-1"], "window"), (["knnlm.backend=annoy"], "knnlm.backend"),
     (["knnlm.lambda=0.6", "cache.lambda=0.5"], "cache.lambda + knnlm.lambda must be < 1"),
     (["knnlm.lambda=0.1", "mbpa.lambda=0.1", "knnlm.stride=2", "mbpa.stride=3"], "same stride"),
+    (["knnlm.lambda=0.1", "split=train"], "finds every query in its own datastore"),
+    (["knnlm.lambda=0.1", "knnlm.k=100000", "max_tokens=50"], "more than the datastore's"),
     (["window=4"], "window/stride apply to arch=transformer"),
 ])
 def test_bad_settings_are_one_line_errors(runs, capsys, args, fragment):
@@ -170,12 +217,25 @@ def test_transformer_window_longer_than_its_context_is_refused(runs, capsys):
     assert "longer than the model's context (16 tokens)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,fragment", [(["knnlm=true", "knnlm_ks=[]"], "knnlm_ks"),
-                                           (["dyneval=true", "dyneval_lrs=[0]"], "dyneval_lrs"),
-                                           (["mix_lambdas=[1.0]"], "mix_lambdas")])
+@pytest.mark.parametrize("args,fragment", [
+    (["knnlm=true", "knnlm_ks=[]"], "knnlm_ks"), (["dyneval=true", "dyneval_lrs=[0]"], "dyneval_lrs"),
+    (["mix_lambdas=[1.0]"], "mix_lambdas"), (["knnlm=true", "knnlm_lambdas=[0,0.1]"], "knnlm_lambdas"),
+    (["knnlm=true", "mbpa_stride=2", "knnlm_stride=3"], "would score different samples"),
+    (["knnlm=true", "test_mbpa_stride=2", "test_knnlm_stride=3"], "would score different samples"),
+    (["knnlm=true", "split=train"], "finds every query in its own datastore"),
+    (["split=test"], "would tune on the split it then reports"),
+    (["knnlm=true", "knnlm_ks=[100000]"], "more than the datastore's"),
+])
 def test_sweep_bad_grids(runs, capsys, args, fragment):
-    assert cli(["lm-sweep", str(runs["lstm"]), "progress=false", *args]) == 2
-    assert fragment in capsys.readouterr().err
+    assert cli(["lm-sweep", str(runs["lstm"]), "progress=false", "max_tokens=100", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+
+
+def test_sweep_refuses_a_transformer_segment_other_than_its_stride(runs, capsys):
+    assert cli(["lm-sweep", str(runs["transformer"]), "progress=false", "max_tokens=100", "mbpa=false",
+                "dyneval=true", "dyneval_segment=4"]) == 2
+    assert "dyneval_segment=4" in capsys.readouterr().err
 
 
 def test_faiss_backend_reports_its_recall_against_exact_search(runs):

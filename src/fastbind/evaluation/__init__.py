@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from fastbind.buckets import BucketedNLL
 from fastbind.data.stream import ChunkStream
-from fastbind.errors import BadSetting
+from fastbind.errors import BadSetting, UserError
 from fastbind.memory import MbPA, NeuralCache, mix_log_probs
 from fastbind.training.config import alias
 from fastbind.training.distributed import DistInfo, all_reduce_sum
@@ -463,6 +463,8 @@ def knnlm_neighbours(H: torch.Tensor, store: Any, s: KNNLMSettings, k: int | Non
     can be swept on them (:func:`knnlm_log_probs` with ``neighbours=``)."""
     pos = torch.arange(0, H.shape[0], s.stride, device=H.device)
     k = k or s.k
+    if k > store.n:
+        raise UserError(f"knnlm k={k} is more than the datastore's {store.n} entries (the training split's targets)")
     dists, values = [], []
     for i in tqdm(range(0, pos.numel(), chunk), desc="knnlm", leave=False, disable=not progress):
         d, v = store.search(H[pos[i : i + chunk]], k, backend=s.backend, nprobe=s.nprobe)

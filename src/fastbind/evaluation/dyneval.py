@@ -23,6 +23,8 @@ The update is the paper's "RMS with an RMS global prior", as in the authors' pub
        θ ← θ + rate ⊙ (θ_g − θ) − η · ∇L(s_t) / (RMS + ε)
 
    both terms taken at the pre-step ``θ`` (ε is added to the RMS, not inside the square root).
+   A transformer is scored in the sliding windows of its static reading and takes one step per
+   window, on the window's new targets: its segment is the reading's stride.
 
 Every trainable parameter (``requires_grad``) of the model is adapted; a tied embedding/output
 matrix is one parameter (its gradient sums both uses). A parameter element whose ``MS`` is 0
@@ -40,7 +42,7 @@ converts them: ``λ / #tensors``, ``η / √#batches``, ``ε / √#batches``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,6 +54,7 @@ from fastbind.evaluation import default_window, window_spans, windows
 from fastbind.models.language_model import detach_state
 
 __all__ = [
+    "DEFAULT_SEGMENT",
     "DynEvalSettings",
     "DynamicEvaluator",
     "adapt",
@@ -59,6 +62,8 @@ __all__ = [
     "gradient_statistics",
     "training_batches",
 ]
+
+DEFAULT_SEGMENT = 5  # a recurrent model's tokens per step (the authors' AWD-LSTM value)
 
 
 @dataclass
@@ -72,7 +77,8 @@ class DynEvalSettings:
     lr: float = 0.0  # η, the step size; 0 = off (static evaluation)
     decay: float = 0.002  # λ, the pull back to the trained weights, scaled per element by RMS_norm
     eps: float = 2e-5  # ε, added to the RMS gradient in the step's denominator
-    segment: int = 5  # tokens per adaptation segment (also the statistics' batch length)
+    segment: int = 0  # targets per adaptation step; 0: 5 for a recurrent model (also the statistics'
+    #   batch length), a transformer's reading stride (it steps once per window; see resolve_segment)
     stats_tokens: int = 0  # training tokens for the gradient statistics; 0 = the whole training split
     stats_batch: int = 100  # rows of the statistics' batches (the gradient is of each batch's mean NLL)
 
@@ -83,12 +89,25 @@ class DynEvalSettings:
             raise BadSetting("decay", f"must be >= 0, got {self.decay}")
         if not self.eps > 0:
             raise BadSetting("eps", f"must be > 0, got {self.eps}")
-        if self.segment < 1:
-            raise BadSetting("segment", f"must be >= 1, got {self.segment}")
+        if self.segment < 0:
+            raise BadSetting("segment", f"must be >= 1, or 0 for the model's default, got {self.segment}")
         if self.stats_tokens < 0:
             raise BadSetting("stats_tokens", f"must be >= 0 (0: the whole training split), got {self.stats_tokens}")
         if self.stats_batch < 1:
             raise BadSetting("stats_batch", f"must be >= 1, got {self.stats_batch}")
+
+    def resolve_segment(self, recurrent: bool, stride: int = 0) -> DynEvalSettings:
+        """These settings with ``segment`` made concrete for a model: a recurrent model's 0 is
+        :data:`DEFAULT_SEGMENT` tokens; a transformer takes one step per window of the reading it
+        is scored in, so its segment is the reading's ``stride`` (then ``+dyneval`` and the static
+        model score every target with the same context). ValueError for a transformer's segment
+        other than 0 or ``stride``."""
+        if recurrent:
+            return replace(self, segment=self.segment or DEFAULT_SEGMENT)
+        if self.segment not in (0, stride):
+            raise ValueError(f"a transformer adapts once per window of its reading: segment {self.segment} must "
+                             f"be its stride ({stride})")
+        return replace(self, segment=stride)
 
     @property
     def on(self) -> bool:
@@ -121,7 +140,7 @@ def training_batches(tokens: torch.Tensor, settings: DynEvalSettings) -> ChunkSt
     as ``stats_batch`` contiguous rows, in chunks of ``segment`` tokens (state carried in order)."""
     if settings.stats_tokens:
         tokens = tokens[: settings.stats_tokens + 1]
-    return ChunkStream(tokens, settings.stats_batch, settings.segment)
+    return ChunkStream(tokens, settings.stats_batch, settings.segment or DEFAULT_SEGMENT)
 
 
 def gradient_statistics(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
@@ -253,14 +272,17 @@ def adapt(evaluator: DynamicEvaluator, nll: torch.Tensor, targets: torch.Tensor 
 
 def dyneval_stream(model: torch.nn.Module, tokens: torch.Tensor, settings: DynEvalSettings,
                    stats: dict[str, torch.Tensor], *, device: torch.device, max_tokens: int = 0,
-                   progress: bool = False, window: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   progress: bool = False, window: int = 0, stride: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`~fastbind.evaluation.collect_stream` with dynamic evaluation.
 
-    A non-recurrent model (a transformer) reads the split in sliding windows of ``window``
-    tokens (0: its context) moved by ``settings.segment`` targets
-    (:func:`~fastbind.evaluation.windows`): each window scores its ``segment`` new targets with
-    the earlier tokens of the window as context, then adapts on their mean NLL. A recurrent
-    model reads it as follows.
+    A non-recurrent model (a transformer) reads the split in the sliding windows of the static
+    reading, ``window`` tokens (0: its context) moved by ``stride`` (0: half the window;
+    :func:`~fastbind.evaluation.windows`): each window scores its ``stride`` new targets with
+    the earlier tokens of the window as context, then adapts on their mean NLL, so that every
+    target has the context it has in :func:`~fastbind.evaluation.collect_stream` with the same
+    ``window`` and ``stride`` (``settings.segment`` must be 0 or ``stride``). A recurrent model
+    reads it as follows.
 
     The split is one stream (batch 1, state carried, eval mode) cut into segments of
     ``settings.segment`` tokens; each is scored by the model as adapted so far, then
@@ -286,8 +308,8 @@ def dyneval_stream(model: torch.nn.Module, tokens: torch.Tensor, settings: DynEv
     n = tokens.numel()
     try:
         if not getattr(model, "recurrent", True):
-            window, stride = default_window(model, window, settings.segment)
-            stride = min(stride, window)
+            window, stride = default_window(model, window, stride)
+            settings = settings.resolve_segment(False, stride)
             total = len(window_spans(n - 1, window, stride))
             with torch.set_grad_enabled(settings.on):
                 parts = windows(model, tokens.reshape(1, -1), window, stride, device)
@@ -298,8 +320,9 @@ def dyneval_stream(model: torch.nn.Module, tokens: torch.Tensor, settings: DynEv
                     if settings.on:
                         adapt(evaluator, out.nll)
             return torch.cat(hs), torch.cat(ys), torch.cat(lps)
-        for s in tqdm(range(0, n - 1, settings.segment), desc="dyneval", leave=False, disable=not progress):
-            x = tokens[s : min(s + settings.segment, n - 1)].to(device)
+        segment = settings.segment or DEFAULT_SEGMENT
+        for s in tqdm(range(0, n - 1, segment), desc="dyneval", leave=False, disable=not progress):
+            x = tokens[s : min(s + segment, n - 1)].to(device)
             y = tokens[s + 1 : s + 1 + x.numel()].to(device)
             with torch.set_grad_enabled(settings.on):  # the forward that scores also gives the gradient
                 out = model(x.unsqueeze(0), state, targets=y.unsqueeze(0))

@@ -101,7 +101,7 @@ class SweepConfig:
     dyneval_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
     dyneval_decays: tuple[float, ...] = (0.0, 0.002, 0.01)
     dyneval_eps: float = 2e-5
-    dyneval_segment: int = 5  # recurrent: tokens per step; transformer: new targets per window
+    dyneval_segment: int = 0  # recurrent: tokens per step (0: 5); transformer: the reading's stride (0: it)
     dyneval_stats_tokens: int = 0  # training tokens for the gradient statistics (0: all)
     dyneval_stats_batch: int = 100
     dyneval_max_tokens: int = 50000  # tune on the split's first N tokens (0: all)
@@ -112,6 +112,11 @@ class SweepConfig:
         check_device(self.device)
         if self.split not in ("valid", "test", "train"):
             raise BadSetting("split", f"must be valid, test or train, got {self.split!r}")
+        if self.split == "test" and self.apply_test:
+            raise BadSetting("split", "split=test would tune on the split it then reports: sweep on valid, or set "
+                                      "apply_test=false")
+        if self.split == "train" and self.knnlm:
+            raise BadSetting("split", "knnlm on the train split finds every query in its own datastore: sweep on valid")
         if self.checkpoint not in ("best", "last"):
             raise BadSetting("checkpoint", f"must be best or last, got {self.checkpoint!r}")
         grids = [("thetas", self.thetas), ("cache_lambdas", self.cache_lambdas), ("sizes", self.sizes)]
@@ -154,10 +159,16 @@ class SweepConfig:
             for name in ("knnlm_ks", "knnlm_temperatures"):
                 if any(not v > 0 for v in getattr(self, name)):
                     raise BadSetting(name, f"each must be > 0, got {list(getattr(self, name))}")
-            if any(not 0 <= x < 1 for x in self.knnlm_lambdas):
-                raise BadSetting("knnlm_lambdas", f"each must be in [0, 1), got {list(self.knnlm_lambdas)}")
+            if any(not 0 < x < 1 for x in self.knnlm_lambdas):  # λ 0 would score every target, not the sample
+                raise BadSetting("knnlm_lambdas", f"each must be in (0, 1), got {list(self.knnlm_lambdas)}")
             if self.test_knnlm_stride < 1:
                 raise BadSetting("test_knnlm_stride", f"must be >= 1, got {self.test_knnlm_stride}")
+            if self.mbpa:  # the combinations score the targets both memories score
+                for a, b in (("mbpa_stride", "knnlm_stride"), ("test_mbpa_stride", "test_knnlm_stride")):
+                    x, y = getattr(self, a), getattr(self, b)
+                    if 1 not in (x, y) and x != y:
+                        raise BadSetting(b, f"{b}={y} and {a}={x} would score different samples: give them the "
+                                            f"same stride (or 1)")
         if self.dyneval:
             for name in ("dyneval_lrs", "dyneval_decays"):
                 if not getattr(self, name):

@@ -11,7 +11,7 @@ grid, in the settings layout of ``eval-<split>.json``) and ``sweep-<split>.md`` 
     fastbind lm-sweep runs/ptb-hebb mbpa=false                  # cache only
     fastbind lm-sweep runs/ptb-hebb max_tokens=20000 ks=[1024] steps=[1]
     fastbind lm-sweep runs/wt2-hebb mbpa_stride=10              # MbPA on every 10th target
-    fastbind lm-sweep runs/ptb-tf knnlm=true knnlm_stride=10 dyneval=true dyneval_segment=16
+    fastbind lm-sweep runs/ptb-tf knnlm=true knnlm_stride=10 dyneval=true stride=16
 
 ``knnlm=true`` adds the kNN-LM (a datastore of the training split, searched once at the largest
 ``k``; ``knnlm_ks``, ``knnlm_temperatures``, ``knnlm_lambdas``), ``dyneval=true`` dynamic
