@@ -290,8 +290,10 @@ def grid_search(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, W: torch.Ten
 
 
 def best_row(rows: list[dict]) -> dict | None:
-    """The row of lowest perplexity (None for no rows)."""
-    return min(rows, key=lambda r: r["ppl"]) if rows else None
+    """The row of lowest perplexity (None for no rows); a diverged row (NaN or inf, e.g. dynamic
+    evaluation at too high a learning rate) is never chosen over a finite one."""
+    return min(rows, key=lambda r: (not math.isfinite(r["ppl"]), r["ppl"] if math.isfinite(r["ppl"]) else 0.0)
+               ) if rows else None
 
 
 def best_parts(result: dict) -> dict[str, Any]:
