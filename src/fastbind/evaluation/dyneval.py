@@ -140,7 +140,7 @@ def training_batches(tokens: torch.Tensor, settings: DynEvalSettings) -> ChunkSt
     as ``stats_batch`` contiguous rows, in chunks of ``segment`` tokens (state carried in order)."""
     if settings.stats_tokens:
         tokens = tokens[: settings.stats_tokens + 1]
-    return ChunkStream(tokens, settings.stats_batch, settings.segment or DEFAULT_SEGMENT)
+    return ChunkStream(tokens, settings.stats_batch, settings.resolve_segment(True).segment)
 
 
 def gradient_statistics(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
@@ -320,7 +320,7 @@ def dyneval_stream(model: torch.nn.Module, tokens: torch.Tensor, settings: DynEv
                     if settings.on:
                         adapt(evaluator, out.nll)
             return torch.cat(hs), torch.cat(ys), torch.cat(lps)
-        segment = settings.segment or DEFAULT_SEGMENT
+        segment = settings.resolve_segment(True).segment
         for s in tqdm(range(0, n - 1, segment), desc="dyneval", leave=False, disable=not progress):
             x = tokens[s : min(s + segment, n - 1)].to(device)
             y = tokens[s + 1 : s + 1 + x.numel()].to(device)
