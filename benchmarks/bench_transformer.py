@@ -53,7 +53,7 @@ tokens/s, reported as a fraction of a measured peak: the FLOP/s of a float32 ``t
 Usage::
 
     python benchmarks/bench_transformer.py                      # PTB when ../shared/data/ptb exists
-    python benchmarks/bench_transformer.py --data /work/shared/data/ptb --threads 1
+    python benchmarks/bench_transformer.py --data ../shared/data/ptb --threads 1
     python benchmarks/bench_transformer.py --data synthetic --steps 30 --rounds 3
     python benchmarks/bench_transformer.py --device cuda --batch 64
     python benchmarks/bench_transformer.py --smoke              # a few seconds, for smoke tests
