@@ -32,8 +32,8 @@ from fastbind.data.stream import ChunkStream
 from fastbind.data.synthetic import SyntheticConfig
 from fastbind.errors import BadSetting, UserError
 from fastbind.evaluation import (
-    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, bucket_results, cache_log_probs, collect_stream, evaluate,
-    knnlm_log_probs, mbpa_log_probs, stream_parts, variant_log_probs, variant_settings,
+    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, bucket_results, cache_log_probs, check_sample_strides,
+    collect_stream, evaluate, knnlm_log_probs, mbpa_log_probs, stream_parts, variant_log_probs, variant_settings,
 )
 from fastbind.evaluation.dyneval import DynEvalSettings, dyneval_stream, gradient_statistics, training_batches
 from fastbind.evaluation.sweep import (
@@ -280,9 +280,8 @@ def check_memories(cache: CacheSettings, mbpa: MbPASettings, knnlm: KNNLMSetting
     if sum(on.values()) >= 1:  # several keys: no single one to name as typed
         raise UserError(f"{' + '.join(f'{k}.lambda' for k in on)} must be < 1 (the model keeps the rest), got "
                         f"{' + '.join(str(v) for v in on.values())}")
-    if mbpa.lam > 0 and knnlm.lam > 0 and 1 not in (mbpa.stride, knnlm.stride) and mbpa.stride != knnlm.stride:
-        raise UserError(f"mbpa.stride={mbpa.stride} and knnlm.stride={knnlm.stride} would score different samples: "
-                        f"give them the same stride (or 1)")
+    if mbpa.lam > 0 and knnlm.lam > 0:
+        check_sample_strides(mbpa.stride, knnlm.stride)
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:

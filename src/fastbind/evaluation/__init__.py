@@ -71,6 +71,7 @@ __all__ = [
     "bucket_results",
     "cache_defined",
     "cache_log_probs",
+    "check_sample_strides",
     "collect_stream",
     "stream_parts",
     "evaluate",
@@ -527,6 +528,16 @@ def variant_log_probs(lp: torch.Tensor, cache: tuple[float, torch.Tensor] | None
                 lp, **{n: given[n] for n in names})
     sampled = [given[n][1] for n in ("mbpa", "knnlm") if n in given]
     return with_sample_variants(out, *sampled)
+
+
+def check_sample_strides(mbpa_stride: int, knnlm_stride: int, mbpa_name: str = "mbpa.stride",
+                         knnlm_name: str = "knnlm.stride") -> None:
+    """MbPA and the kNN-LM each score every ``stride``-th target; a combination of both is scored
+    on the targets both score, so their strides must be equal unless one is 1 (every target).
+    Raises :class:`~fastbind.errors.BadSetting` naming ``knnlm_name``."""
+    if 1 not in (mbpa_stride, knnlm_stride) and mbpa_stride != knnlm_stride:
+        raise BadSetting(knnlm_name, f"got {knnlm_stride} with {mbpa_name}={mbpa_stride}: the two would score "
+                                     f"different samples; give them the same stride (or 1)")
 
 
 def with_sample_variants(lps: dict[str, torch.Tensor], *sampled: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from fastbind.errors import BadSetting
 from fastbind.training.distributed import check_device
 from fastbind.evaluation import (
-    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, cache_log_probs, knnlm_log_probs, knnlm_neighbours,
+    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, cache_log_probs, check_sample_strides, knnlm_log_probs, knnlm_neighbours,
     mbpa_log_probs, mix_variant, variant_name, variant_settings, with_sample_variants,
 )
 from fastbind.evaluation.dyneval import DynEvalSettings
@@ -165,10 +165,7 @@ class SweepConfig:
                 raise BadSetting("test_knnlm_stride", f"must be >= 1, got {self.test_knnlm_stride}")
             if self.mbpa:  # the combinations score the targets both memories score
                 for a, b in (("mbpa_stride", "knnlm_stride"), ("test_mbpa_stride", "test_knnlm_stride")):
-                    x, y = getattr(self, a), getattr(self, b)
-                    if 1 not in (x, y) and x != y:
-                        raise BadSetting(b, f"{b}={y} and {a}={x} would score different samples: give them the "
-                                            f"same stride (or 1)")
+                    check_sample_strides(getattr(self, a), getattr(self, b), a, b)
         if self.dyneval:
             for name in ("dyneval_lrs", "dyneval_decays"):
                 if not getattr(self, name):
