@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 from fastbind.errors import BadSetting
 from fastbind.training.distributed import check_device
 from fastbind.evaluation import (
-    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, cache_log_probs, check_sample_strides, knnlm_log_probs, knnlm_neighbours,
-    mbpa_log_probs, mix_variant, variant_name, variant_settings, with_sample_variants,
+    MEMORIES, CacheSettings, KNNLMSettings, MbPASettings, cache_log_probs, check_sample_strides, knnlm_log_probs,
+    knnlm_neighbours, mbpa_log_probs, mix_variant, variant_name, variant_settings, with_sample_variants,
 )
 from fastbind.evaluation.dyneval import DynEvalSettings
 
