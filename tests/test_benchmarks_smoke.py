@@ -274,3 +274,12 @@ def test_bench_knnlm(tmp_path, restore_threads):
         assert f["nprobe"][-1]["recall"][f"at_{s['k']}"] >= f["nprobe"][0]["recall"][f"at_{s['k']}"]
     else:
         assert f16["faiss"] is None
+
+
+def test_bench_hf_smoke(tmp_path, restore_threads):
+    """bench_hf: the three variants do the same work; the callback memorizes once per step."""
+    pytest.importorskip("transformers")
+    bench = load_benchmark("bench_hf")
+    result = bench.main(["--smoke", "--out", str(tmp_path / "bench_hf.json")])
+    assert result["equal_tokens"] and result["memorize_calls_per_round"] == [result["settings"]["steps"]]
+    assert json.loads((tmp_path / "bench_hf.json").read_text())["callback_time_over_none"] > 0

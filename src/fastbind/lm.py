@@ -233,8 +233,15 @@ def load_lm_run(run: RunFolder | str | os.PathLike[str], which: str = "best", de
 
 @dataclass
 class LMEvalConfig:
-    """Settings of ``fastbind lm-eval`` (the run folder is the positional argument)."""
+    """Settings of ``fastbind lm-eval``: a run folder (the positional argument), or with
+    ``model=PATH text=FILE out=DIR`` a local Hugging Face model folder (:func:`fastbind.hf.evaluate_model`)."""
 
+    model: str = ""  # a Hugging Face causal LM folder to evaluate instead of a run (needs fastbind[hf])
+    text: str = ""  # model=: the text to evaluate, a file or a corpus name (its `split`)
+    train: str = ""  # model=: a training text (file or corpus) for buckets, the kNN-LM and dyneval
+    out: str = ""  # model=: folder for the record and the datastore (never the model's)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # model=: weights' dtype (auto: as saved)
+    bos: bool = True  # model=: start the stream with the tokenizer's BOS token (if it has one)
     split: Literal["valid", "test", "train"] = "test"
     checkpoint: Literal["best", "last"] = "best"
     batch_size: int = 1  # contiguous rows; 1 = the whole split as one stream
@@ -266,6 +273,17 @@ class LMEvalConfig:
             raise BadSetting("buckets", f"must be strictly increasing counts >= 1, got {list(self.buckets)}")
         check_device(self.device)
         check_memories(self.cache, self.mbpa, self.knnlm)
+        if self.model:
+            for name in ("text", "out"):
+                if not getattr(self, name).strip():
+                    raise BadSetting(name, f"model= needs {name}= (e.g. model=PATH text=test.txt out=runs/eval)")
+            if self.batch_size != 1:
+                raise BadSetting("batch_size", "a Hugging Face model is read as one stream: use batch_size=1")
+        else:
+            for name in ("text", "train", "out"):
+                if getattr(self, name):
+                    raise BadSetting(name, "goes with model=PATH (a Hugging Face model); a run is evaluated on "
+                                           "its own data")
         if self.knnlm.lam > 0 and self.split == "train":
             raise UserError("knnlm on split=train finds every query in its own datastore: evaluate valid or test")
         if (self.cache.lam > 0 or self.mbpa.lam > 0 or self.knnlm.lam > 0 or self.dyneval.on) and self.batch_size != 1:
@@ -290,40 +308,14 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     run = RunFolder(run_dir)
     train_cfg, model, corpus, ck = load_lm_run(run, cfg.checkpoint, resolve_device(cfg.device), cfg.data_dir)
     edges = tuple(cfg.buckets) if cfg.buckets is not None else tuple(train_cfg.buckets)
-    tokens = getattr(corpus, cfg.split)
     window, stride, context = reading(train_cfg, model, cfg.window, cfg.stride)
     device = resolve_device(cfg.device)
-    cache = cfg.cache if cfg.cache.lam > 0 else None
-    mbpa = replace(cfg.mbpa, size=cfg.mbpa.size or cfg.cache.size) if cfg.mbpa.lam > 0 else None
-    knnlm = cfg.knnlm if cfg.knnlm.lam > 0 else None
-    dyneval = dyneval_reading(model, cfg.dyneval, stride, "dyneval.segment") if cfg.dyneval.on else None
-    if mbpa is not None and model.is_adaptive:
-        raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
     lm = LMRun(train_cfg, model, corpus, ck)
-    if any(m is not None for m in (cache, mbpa, knnlm, dyneval)):
-        store = knnlm_store(run, lm, knnlm, window, stride, device, cfg.progress) if knnlm else None
-        streams = {False: collect_stream(model, tokens, bptt=cfg.bptt, device=device, max_tokens=cfg.max_tokens,
-                                         progress=cfg.progress, window=window, stride=stride)}
-        if dyneval is not None:
-            stats = dyneval_statistics(lm, dyneval, window, device, cfg.progress)
-            streams[True] = dyneval_stream(model, tokens, dyneval, stats, device=device, max_tokens=cfg.max_tokens,
-                                           progress=cfg.progress, window=window, stride=stride)
-        if knnlm is not None and knnlm.backend == "faiss":
-            context.update(knnlm_recall(store, streams[False][0], knnlm))
-        lps, settings = {}, {}
-        for dyn, (H, Y, LP) in streams.items():
-            found, made = memory_variants(H, Y, LP, model, cache=cache, mbpa=mbpa, knnlm=knnlm, store=store,
-                                          dyneval=dyneval if dyn else None, chunk=cfg.memory_chunk,
-                                          progress=cfg.progress)
-            lps.update(found)
-            settings.update(made)
-        variants = bucket_results(lps, Y, corpus.train_counts, edges)
-    else:
-        acc = BucketedNLL.from_counts(corpus.train_counts, edges)
-        variants = {"model": evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc,
-                                      device=device, max_tokens=cfg.max_tokens,
-                                      progress=cfg.progress, window=window, stride=stride)}
-        settings = {}
+    variants, settings = evaluate_tokens(
+        model, getattr(corpus, cfg.split), corpus.train_counts, edges, cfg, window=window, stride=stride,
+        device=device, context=context,
+        store=lambda s: knnlm_store(run, lm, s, window, stride, device, cfg.progress),
+        statistics=lambda s: dyneval_statistics(lm, s, window, device, cfg.progress))
     context.update({"split": cfg.split, "checkpoint": cfg.checkpoint, "step": int(ck["step"]),
                     "edges": list(edges), "head": train_cfg.model.head, "data": train_cfg.data})
     if corpus.entropy and cfg.split in corpus.entropy and not cfg.max_tokens:
@@ -331,6 +323,46 @@ def evaluate_run(run_dir: str | os.PathLike[str], cfg: LMEvalConfig) -> dict:
     result = eval_record(variants, variant_settings=settings, **context)
     result["path"] = str(run.write_eval(result))
     return result
+
+
+def evaluate_tokens(model: Any, tokens: torch.Tensor, train_counts: torch.Tensor, edges: tuple[int, ...],
+                    cfg: LMEvalConfig, *, window: int, stride: int, device: torch.device, context: dict,
+                    store: Any, statistics: Any) -> tuple[dict[str, dict], dict[str, dict | None]]:
+    """The evaluation of ``lm-eval`` on a token stream: the model alone, or with the memories and
+    dynamic evaluation ``cfg`` switches on (each variant's bucketed result, and its settings).
+
+    ``model`` is a :class:`~fastbind.models.language_model.LanguageModel` or anything that
+    answers like one (:class:`fastbind.hf.HFCausalLM`). ``store(knnlm_settings)`` gives the
+    kNN-LM's datastore and ``statistics(dyneval_settings)`` dynamic evaluation's gradient
+    statistics, called only when those are on; ``context`` receives the kNN-LM's recall under
+    ``backend=faiss``. Buckets are by ``train_counts`` at ``edges``.
+    """
+    cache = cfg.cache if cfg.cache.lam > 0 else None
+    mbpa = replace(cfg.mbpa, size=cfg.mbpa.size or cfg.cache.size) if cfg.mbpa.lam > 0 else None
+    knnlm = cfg.knnlm if cfg.knnlm.lam > 0 else None
+    dyneval = dyneval_reading(model, cfg.dyneval, stride, "dyneval.segment") if cfg.dyneval.on else None
+    if mbpa is not None and model.is_adaptive:
+        raise UserError("MbPA adapts a full softmax output layer; this run has softmax=adaptive (use the cache alone)")
+    if not any(m is not None for m in (cache, mbpa, knnlm, dyneval)):
+        acc = BucketedNLL.from_counts(train_counts, edges)
+        result = evaluate(model, tokens, batch_size=cfg.batch_size, bptt=cfg.bptt, acc=acc, device=device,
+                          max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
+        return {"model": result}, {}
+    found_store = store(knnlm) if knnlm else None
+    streams = {False: collect_stream(model, tokens, bptt=cfg.bptt, device=device, max_tokens=cfg.max_tokens,
+                                     progress=cfg.progress, window=window, stride=stride)}
+    if dyneval is not None:
+        streams[True] = dyneval_stream(model, tokens, dyneval, statistics(dyneval), device=device,
+                                       max_tokens=cfg.max_tokens, progress=cfg.progress, window=window, stride=stride)
+    if knnlm is not None and knnlm.backend == "faiss":
+        context.update(knnlm_recall(found_store, streams[False][0], knnlm))
+    lps, settings = {}, {}
+    for dyn, (H, Y, LP) in streams.items():
+        found, made = memory_variants(H, Y, LP, model, cache=cache, mbpa=mbpa, knnlm=knnlm, store=found_store,
+                                      dyneval=dyneval if dyn else None, chunk=cfg.memory_chunk, progress=cfg.progress)
+        lps.update(found)
+        settings.update(made)
+    return bucket_results(lps, Y, train_counts, edges), settings
 
 
 def memory_variants(H: torch.Tensor, Y: torch.Tensor, LP: torch.Tensor, model: LanguageModel, *,
@@ -381,12 +413,20 @@ def knnlm_store(run: RunFolder, lm: LMRun, s: KNNLMSettings, window: int, stride
     Built on first use and reused while its checkpoint step, weights (:func:`weights_digest`),
     vocabulary and reading match; with ``backend=faiss`` its IVF index is built once beside it.
     """
-    from fastbind.memory.knn_lm import KNNLM  # noqa: PLC0415 — numpy-backed module, loaded on use
-
     _, model, corpus, ck = lm
     source = {"step": int(ck["step"]), "weights": weights_digest(model), "vocab_digest": ck.get("vocab_digest"),
               "tokens": int(corpus.train.numel()), "window": window, "stride": stride}
-    path = run.path / f"knnlm-step{int(ck['step'])}-{s.dtype}"
+    return datastore(run.path / f"knnlm-step{int(ck['step'])}-{s.dtype}", model, corpus.train, source, s, window,
+                     stride, device, progress)
+
+
+def datastore(path: Path, model: Any, train: torch.Tensor, source: dict, s: KNNLMSettings, window: int, stride: int,
+              device: torch.device, progress: bool = False) -> Any:
+    """The kNN-LM datastore at ``path`` of ``model`` over the token stream ``train``: loaded when
+    its ``source`` record equals ``source``, (re)built otherwise; with ``backend=faiss`` its IVF
+    index is built once beside it."""
+    from fastbind.memory.knn_lm import KNNLM  # noqa: PLC0415 — numpy-backed module, loaded on use
+
     try:
         store = KNNLM.load(path)
         if store.source != source:
@@ -394,9 +434,9 @@ def knnlm_store(run: RunFolder, lm: LMRun, s: KNNLMSettings, window: int, stride
     except (ValueError, FileNotFoundError):
         store = None
     if store is None:
-        n = corpus.train.numel() - 1
+        n = train.numel() - 1
         with KNNLM.build(path, n, model.d_out, s.dtype, source=source, overwrite=True) as writer:
-            for h, y, _ in stream_parts(model, corpus.train, bptt=100, device=device, window=window, stride=stride,
+            for h, y, _ in stream_parts(model, train, bptt=100, device=device, window=window, stride=stride,
                                         progress=progress, desc="datastore"):
                 writer.add(h, y)
         store = KNNLM.load(path)
@@ -430,17 +470,23 @@ def dyneval_reading(model: LanguageModel, s: DynEvalSettings, stride: int, key: 
 
 def dyneval_statistics(lm: LMRun, s: DynEvalSettings, window: int, device: torch.device,
                        progress: bool = False) -> dict[str, torch.Tensor]:
-    """Dynamic evaluation's gradient statistics over the run's training split (its first
+    """Dynamic evaluation's gradient statistics over the run's training split
+    (:func:`training_statistics`)."""
+    return training_statistics(lm.model, lm.corpus.train, s, window, device, progress)
+
+
+def training_statistics(model: Any, train: torch.Tensor, s: DynEvalSettings, window: int, device: torch.device,
+                        progress: bool = False) -> dict[str, torch.Tensor]:
+    """Dynamic evaluation's gradient statistics over a training stream (its first
     ``s.stats_tokens``), each batch's gradient taken as evaluation takes its steps: a recurrent
     model in the authors' batches (``stats_batch`` rows × ``segment`` tokens, state carried), a
     transformer in ``stats_batch`` rows of ``window`` tokens whose loss is the mean over each
     row's last ``segment`` targets (the others ``-100``), as a window of dynamic evaluation
     scores ``segment`` new targets with the rest as context. ``s`` has its segment made concrete
     (:func:`dyneval_reading`)."""
-    _, model, corpus, _ = lm
     if model.recurrent:
-        return gradient_statistics(model, training_batches(corpus.train, s), device=device, progress=progress)
-    tokens = corpus.train[: s.stats_tokens + 1] if s.stats_tokens else corpus.train
+        return gradient_statistics(model, training_batches(train, s), device=device, progress=progress)
+    tokens = train[: s.stats_tokens + 1] if s.stats_tokens else train
     chunks = ChunkStream(tokens, s.stats_batch, window)
     batches = [(x, last_targets(y, s.segment)) for x, y in chunks]
     return gradient_statistics(model, batches, device=device, progress=progress)

@@ -18,7 +18,7 @@ from fastbind.data.cache import data_root
 from fastbind.data.corpus import Corpus
 from fastbind.data.download import SOURCES, DownloadError, fetch_dataset
 from fastbind.data.gutenberg import is_book, read_gutenberg
-from fastbind.data.linefiles import has_split_files, read_ptb, read_wikitext
+from fastbind.data.linefiles import has_split_files, read_ptb, read_wikitext, split_paths
 from fastbind.data.synthetic import SyntheticConfig, generate
 from fastbind.errors import UserError
 
@@ -62,6 +62,45 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 _READERS: dict[str, Callable[..., Corpus]] = {"wikitext": read_wikitext, "ptb": read_ptb, "gutenberg": read_gutenberg}
+
+
+def split_text_file(spec: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None, *,
+                    download: bool = True) -> Path:
+    """The raw text file of one split, for models that bring their own tokenizer.
+
+    ``spec`` is a text file (returned as it is), a named WikiText or Penn Treebank set (its
+    ``split`` file in the data folder, downloaded there when missing, as :func:`load_corpus`)
+    or a folder of such split files.
+
+    Raises:
+        UserError: no such file or set, a set without split files (Gutenberg books), or a failed
+            download.
+    """
+    text = os.fspath(spec)
+    key = _ALIASES.get(text.strip().lower(), text.strip().lower())
+    if key in DATASETS:
+        fmt = DATASETS[key]
+        if fmt == "gutenberg":
+            raise UserError("gutenberg is a folder of books without split files: give a text file instead")
+        folder = data_root(cache_dir) / key
+        if not has_split_files(folder, fmt):
+            if not download:
+                raise UserError(f"{key} is not in {folder}: put {', '.join(SOURCES[key].files)} there")
+            try:
+                fetch_dataset(key, folder)
+            except DownloadError as e:
+                raise UserError(str(e)) from None
+        return split_paths(folder, fmt)[split]
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        fmt = detect_format(path)
+        if fmt == "gutenberg":
+            raise UserError(f"{path} holds books without split files: give a text file instead")
+        return split_paths(path, fmt)[split]
+    raise UserError(f"no such text file or corpus: {text!r} (a file, a folder of split files, or one of "
+                    f"{', '.join(k for k, f in DATASETS.items() if f != 'gutenberg')})")
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

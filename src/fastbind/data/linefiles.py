@@ -169,6 +169,13 @@ def has_split_files(folder: Path, fmt: str) -> bool:
     return all((folder / f"ptb.{s}.txt").is_file() for s in SPLITS)
 
 
+def split_paths(folder: Path, fmt: str) -> dict[str, Path]:
+    """The split files of a WikiText (``fmt="wikitext"``) or Penn Treebank (``"ptb"``) folder."""
+    if fmt == "wikitext":
+        return _wikitext_paths(folder)
+    return {s: folder / f"ptb.{s}.txt" for s in SPLITS}
+
+
 def _wikitext_paths(folder: Path) -> dict[str, Path]:
     if (folder / "wiki.train.tokens").exists():
         return {s: folder / f"wiki.{s}.tokens" for s in SPLITS}
@@ -224,6 +231,6 @@ def read_ptb(
     """
     folder = Path(folder)
     return _read_line_corpus(
-        name, "ptb", folder, {s: folder / f"ptb.{s}.txt" for s in SPLITS},
+        name, "ptb", folder, split_paths(folder, "ptb"),
         min_count=min_count, cache=cache, cache_dir=cache_dir,
     )

@@ -1,5 +1,9 @@
 """``fastbind lm-eval RUN_DIR [split=test] [key=value ...]``: perplexity by frequency bucket.
 
+``fastbind lm-eval model=PATH text=FILE|corpus [train=FILE|corpus] out=DIR [key=value ...]``
+evaluates a local Hugging Face causal LM the same way, on its own tokenizer, with per-word
+perplexity beside per-token (:func:`fastbind.hf.evaluate_model`, docs/huggingface.md).
+
 With ``cache.lambda=0.1``, ``mbpa.lambda=0.04`` and/or ``knnlm.lambda=0.25`` it also evaluates
 the model with evaluation-time memories (Rae et al. 2018, Table 1; Khandelwal et al. 2020): a
 neural cache, MbPA and the kNN-LM's training-set datastore over the split's stream, mixed with
@@ -37,6 +41,19 @@ CONFIG = LMEvalConfig  # for `fastbind <command> --help`
 
 def main(argv: list[str]) -> int:
     cfg, rest = parse_cli(argv, LMEvalConfig)
+    if cfg.model:
+        if rest:
+            raise UserError(f"give a run folder or model=PATH, not both (got {rest[0]!r})")
+        from fastbind.hf.evaluate import evaluate_model  # noqa: PLC0415 — needs the hf extra
+
+        result = evaluate_model(cfg)
+        title = f"{cfg.model} ({result['head']}) — {result['split']} perplexity"
+        for name, v in result["variants"].items():
+            print(format_table(v, title if name == "model" else f"{name}:"))
+            if "word_ppl" in v:
+                print(f"  per word {v['word_ppl']:,.2f} ({result['words']:,} words)")
+        print(f"wrote {result['path']}")
+        return 0
     if len(rest) != 1:
         raise UserError("give exactly one run folder: fastbind lm-eval RUN_DIR [split=test] [key=value ...]")
     run_dir = Path(rest[0])
