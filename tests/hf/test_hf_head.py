@@ -304,3 +304,12 @@ def test_centred_ip_rows_scale():
         hebbian_head(tiny_model("gpt2", V), max_norm=1.0)
     with pytest.raises(UserError, match="max_norm must be"):
         hebbian_head(tiny_model("gpt2", V), objective="ip", max_norm="big")
+
+
+def test_bad_settings_leave_the_model_untouched():
+    model = tiny_model("gpt2", V)
+    for kwargs in ({"gamma": 2.0}, {"counts": "ones"}, {"objective": "ip", "max_norm": -1.0}):
+        with pytest.raises(UserError):
+            hebbian_head(model, **kwargs)
+        assert isinstance(model.get_output_embeddings(), torch.nn.Linear) and model.config.tie_word_embeddings
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight

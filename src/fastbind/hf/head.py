@@ -113,16 +113,8 @@ def hebbian_head(model: nn.Module, *, gamma: float = 0.05, T: int = 100,
     if not isinstance(head, nn.Linear):
         raise UserError(f"the output layer is a {type(head).__name__}; hebbian_head replaces an nn.Linear")
     V, d = head.weight.shape
-    tied = _is_tied(model, head)
-    if tied and untie:
-        weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
-        _untie(model)
-    else:
-        weight = head.weight
-        if tied:
-            warnings.warn("hebbian_head(untie=False): the output layer shares its matrix with the input embeddings, "
-                          "so memorize also writes the input embeddings of the tokens it memorizes", stacklevel=2)
-    start = _start_counts(counts, new_tokens, V, T, weight.device)
+    # every setting is checked before the model is touched
+    start = _start_counts(counts, new_tokens, V, T, head.weight.device)
     extra: dict[str, Any] = {}
     if max_norm is not None:
         if objective == "l2":
@@ -132,15 +124,22 @@ def hebbian_head(model: nn.Module, *, gamma: float = 0.05, T: int = 100,
             trained = torch.ones(V, dtype=torch.bool)
             if new_tokens is not None:
                 trained[_ids(new_tokens, V)] = False
-            max_norm = float(weight.detach()[trained.to(weight.device)].float().norm(dim=1).median())
+            max_norm = float(head.weight.detach()[trained.to(head.weight.device)].float().norm(dim=1).median())
         elif isinstance(max_norm, str) or not max_norm > 0:
             raise UserError(f"max_norm must be a positive number or 'rows', got {max_norm!r}")
         extra["max_norm"] = float(max_norm)
     try:
-        new = HebbianSoftmax(d, V, gamma=gamma, T=T, bias=head.bias is not None, weight=weight, objective=objective,
-                             **extra)
+        new = HebbianSoftmax(d, V, gamma=gamma, T=T, bias=head.bias is not None, weight=head.weight,
+                             objective=objective, **extra)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if _is_tied(model, head):
+        if untie:
+            new.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+            _untie(model)
+        else:
+            warnings.warn("hebbian_head(untie=False): the output layer shares its matrix with the input embeddings, "
+                          "so memorize also writes the input embeddings of the tokens it memorizes", stacklevel=2)
     if head.bias is not None:
         new.bias = head.bias  # the same Parameter: the optimizer sees no new tensor
     new.counts.copy_(start)
