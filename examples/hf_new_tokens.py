@@ -175,25 +175,24 @@ def new_words(tokenizer, train_file: Path, min_count: int, limit: int) -> list[s
     return [w for w, c in counts.most_common(limit) if c >= min_count]
 
 
-class Curve:
+def curve_callback(model, valid: torch.Tensor, length: int, new_ids: torch.Tensor, every: int, log: list):
     """A Trainer callback: validation perplexity (all, new tokens, the rest) every ``every`` steps."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, *args, **kwargs):
-        from transformers import TrainerCallback
+    class Curve(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = time.time()
 
-        class _Curve(TrainerCallback):
-            def __init__(self, model, valid, length, new_ids, every, log):
-                self.model, self.valid, self.length, self.new_ids, self.every, self.log = (
-                    model, valid, length, new_ids, every, log)
-                self.t0 = time.time()
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.on_step_end(args, state, control)
 
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-                    v = perplexity(self.model, self.valid, self.length, self.new_ids)
-                    self.log.append({"step": state.global_step, "minutes": (time.time() - self.t0) / 60, **v})
-                    print(self.log[-1], flush=True)
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                v = perplexity(model, valid, length, new_ids)
+                log.append({"step": state.global_step, "minutes": (time.time() - self.t0) / 60, **v})
+                print(log[-1], flush=True)
 
-        return _Curve(*args, **kwargs)
+    return Curve()
 
 
 def finetune(args) -> None:
@@ -232,7 +231,7 @@ def finetune(args) -> None:
     rows = ids["train"][: n * args.context].view(n, args.context)
     dataset = [{"input_ids": r, "labels": r} for r in rows]
     log: list[dict] = []
-    callbacks = [Curve(model, ids["valid"], args.context, new_ids, args.eval_every, log)]
+    callbacks = [curve_callback(model, ids["valid"], args.context, new_ids, args.eval_every, log)]
     if head is not None:
         callbacks.insert(0, HebbianCallback(model, center=args.center))
     targs = TrainingArguments(output_dir=str(out / "trainer"), per_device_train_batch_size=args.batch,
