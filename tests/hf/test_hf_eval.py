@@ -163,3 +163,14 @@ def test_config_checks():
         LMEvalConfig(model="m", out="o")
     with pytest.raises(UserError, match="batch_size"):
         LMEvalConfig(model="m", text="t", out="o", batch_size=2)
+
+
+def test_bf16_weights_agree_with_float32(folder):
+    """dtype=bfloat16: the same evaluation to bf16 rounding, memories and dynamic evaluation included."""
+    extra = (f"train={folder / 'train.txt'}", "window=32", "stride=8", "cache.lambda=0.1", "mbpa.lambda=0.05",
+             "knnlm.lambda=0.2", "knnlm.k=8", "dyneval.lr=1e-4")
+    full = _run(folder, *extra, "dtype=float32")
+    half = _run(folder, *extra, "dtype=bfloat16")
+    assert full["dtype"] == "float32" and half["dtype"] == "bfloat16"
+    for name in ("model", "+cache", "+mbpa", "+knnlm", "+dyneval"):
+        assert half["variants"][name]["ppl"] == pytest.approx(full["variants"][name]["ppl"], rel=0.02), name
