@@ -208,9 +208,8 @@ def evaluate_model(cfg: Any) -> dict:
         edges = tuple(cfg.buckets) if cfg.buckets is not None else DEFAULT_EDGES
     else:
         train, counts, edges = None, torch.zeros(model.vocab_size, dtype=torch.int64), (1,)  # one bucket, dropped
-    digest = weights_digest(hf)
-
     def store(s: Any) -> Any:
+        digest = weights_digest(hf)  # hashed only when a datastore is wanted
         source = {"weights": digest, "train_sha1": _sha1(train), "tokens": int(train.numel()), "window": window,
                   "stride": stride}
         return datastore(out / f"knnlm-{digest[:12]}-{s.dtype}", model, train, source, s, window, stride, device,
@@ -235,7 +234,7 @@ def evaluate_model(cfg: Any) -> dict:
                     "train": None if train_file is None else str(train_file), "edges": list(edges),
                     "words": words if whole else None, "text_tokens": int(tokens.numel()),
                     "dtype": str(next(hf.parameters()).dtype).removeprefix("torch."),
-                    "head": "hebbian" if type(output_layer(hf)).__name__ == "HebbianSoftmax" else "softmax"})
+                    "architecture": type(hf).__name__})
     result = eval_record(variants, variant_settings=settings, **context)
     path = out / f"eval-{name}.json"
     atomic_write(path, lambda fh: fh.write(json.dumps(result, indent=1).encode()))

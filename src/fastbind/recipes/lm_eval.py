@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         from fastbind.hf.evaluate import evaluate_model  # noqa: PLC0415 — needs the hf extra
 
         result = evaluate_model(cfg)
-        title = f"{cfg.model} ({result['head']}) — {result['split']} perplexity"
+        title = f"{cfg.model} ({result['architecture']}) — {result['split']} perplexity"
         for name, v in result["variants"].items():
             print(format_table(v, title if name == "model" else f"{name}:"))
             if "word_ppl" in v:
