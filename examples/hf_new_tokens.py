@@ -281,9 +281,10 @@ def main() -> None:
     f.add_argument("--untie", action="store_true", help="softmax arm: untie the head as the Hebbian arm does")
     f.add_argument("--gamma", type=float, default=0.05)
     f.add_argument("--T", type=int, default=100)
-    f.add_argument("--objective", default="l2", help="the Hebbian head's inner objective (l2 | ip)")
-    f.add_argument("--max-norm", default=None, help="ip: the rows' norm bound, a number or 'rows'")
-    f.add_argument("--center", action="store_true", help="memorize h minus the step's mean activation")
+    f.add_argument("--objective", default="ip", help="the Hebbian head's inner objective (ip | l2: the paper's)")
+    f.add_argument("--max-norm", default=None, help="ip: the rows' norm bound, a number or 'rows' (the default)")
+    f.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
+                   help="memorize h minus the step's mean activation (--no-center: the paper's rule)")
     f.add_argument("--new-tokens", type=int, default=2000)
     f.add_argument("--min-count", type=int, default=5)
     f.add_argument("--context", type=int, default=64)

@@ -93,8 +93,8 @@ def test_plain_loop_matches_reference_under_accumulation(family):
     counts = torch.zeros(V, dtype=torch.int64)
     counts[:5] = 2  # a few tokens seen before
     counts[5:8] = T  # and some that no longer memorize
-    head = hebbian_head(model, gamma=gamma, T=T, counts=counts)
-    memorizer = HebbianMemorizer(model)
+    head = hebbian_head(model, gamma=gamma, T=T, counts=counts, objective="l2")  # the paper's rule
+    memorizer = HebbianMemorizer(model, center=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, V, (2, 9), generator=g) for _ in range(2)]
@@ -153,7 +153,7 @@ def test_callback_once_per_optimizer_step(tmp_path):
     optimizer step, on exactly the training micro-batches' targets, as the layer's reference."""
     model = tiny_model("gpt2", V)
     gamma, T = 0.1, 4
-    head = hebbian_head(model, gamma=gamma, T=T, counts="zero")
+    head = hebbian_head(model, gamma=gamma, T=T, counts="zero", objective="l2")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, V, (12, 10), generator=g)
     labels = ids.clone()
@@ -237,9 +237,9 @@ def test_bf16(family):
     """bf16 weights: memorize computes in float32 and writes bf16 rows (the reference, rounded)."""
     model = tiny_model(family, V).to(torch.bfloat16)
     gamma, T = 0.25, 10
-    head = hebbian_head(model, gamma=gamma, T=T, counts="zero")
+    head = hebbian_head(model, gamma=gamma, T=T, counts="zero", objective="l2")
     assert head.weight.dtype == torch.bfloat16
-    memorizer = HebbianMemorizer(model)
+    memorizer = HebbianMemorizer(model, center=False)
     x = torch.randint(0, V, (2, 8))
     model.train()
     model(input_ids=x, labels=x).loss.backward()
@@ -284,14 +284,14 @@ def test_import_fastbind_does_not_import_transformers():
 
 
 def test_centred_ip_rows_scale():
-    """center=True with objective="ip" and max_norm="rows": a first-sighting row becomes the
+    """The defaults, center=True with objective="ip" and max_norm="rows": a first-sighting row becomes the
     direction of (its mean h − the step's mean h) at the median norm of the trained rows."""
     model = tiny_model("gpt2", V)
     new = torch.tensor([V - 1])
     rows = model.get_output_embeddings().weight.detach()[:-1].norm(dim=1).median()
-    head = hebbian_head(model, counts="pretrained", new_tokens=new, objective="ip", max_norm="rows")
-    assert head.max_norm == pytest.approx(float(rows))
-    memorizer = HebbianMemorizer(model, center=True)
+    head = hebbian_head(model, counts="pretrained", new_tokens=new)  # the defaults: ip, max_norm="rows"
+    assert head.objective == "ip" and head.max_norm == pytest.approx(float(rows))
+    memorizer = HebbianMemorizer(model)  # center=True by default
     x = torch.randint(0, V - 1, (3, 10))
     x[:, 4] = V - 1
     model.train()
@@ -301,7 +301,7 @@ def test_centred_ip_rows_scale():
     d = h[y == V - 1].mean(0) - h.mean(0)
     torch.testing.assert_close(head.weight.detach()[V - 1], d / d.norm() * rows, rtol=1e-5, atol=1e-6)
     with pytest.raises(UserError, match="max_norm bounds"):
-        hebbian_head(tiny_model("gpt2", V), max_norm=1.0)
+        hebbian_head(tiny_model("gpt2", V), objective="l2", max_norm=1.0)
     with pytest.raises(UserError, match="max_norm must be"):
         hebbian_head(tiny_model("gpt2", V), objective="ip", max_norm="big")
 

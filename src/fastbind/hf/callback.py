@@ -29,7 +29,7 @@ class HebbianCallback(TrainerCallback):
     ``center`` as in :class:`~fastbind.hf.HebbianMemorizer`. ``memorizer`` holds the hooks; ``memorizer.steps`` counts the memorize calls.
     """
 
-    def __init__(self, model: nn.Module, *, center: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, center: bool = True) -> None:
         self.memorizer = HebbianMemorizer(model, center=center)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -68,7 +68,7 @@ def _untie(model: nn.Module) -> None:
 
 def hebbian_head(model: nn.Module, *, gamma: float = 0.05, T: int = 100,
                  counts: str | torch.Tensor = "pretrained", new_tokens: Iterable[int] | torch.Tensor | None = None,
-                 untie: bool = True, objective: str = "l2", max_norm: float | str | None = None) -> HebbianSoftmax:
+                 untie: bool = True, objective: str = "ip", max_norm: float | str | None = None) -> HebbianSoftmax:
     """Replace a causal LM's output layer, **in place**, by a :class:`HebbianSoftmax` with the
     same weights (and its bias, ``bias=False`` where the layer has none); returns the new layer.
 
@@ -96,13 +96,15 @@ def hebbian_head(model: nn.Module, *, gamma: float = 0.05, T: int = 100,
             to false (and the model's tied-weights map with it), so ``tie_weights()``, saving and
             loading keep them apart; ``False`` keeps them shared, with a warning: memorize then
             also writes the input embeddings.
-        objective: The inner objective (``"l2"``: the row moves to the mean activation; ``"ip"``:
-            to the mean activation's direction at norm ``max_norm``, :class:`HebbianSoftmax`).
-        max_norm: The norm bound of the ``ip``/``svm``/``smax`` objectives; ``"rows"``: the
-            median norm of the trained rows (all but ``new_tokens``), so memorized rows come out
-            at the scale of the pre-trained ones. A transformer's final norm gives activations
-            of norm about √d, far above a pre-trained row's; with ``"l2"`` a memorized row then
-            gives its token a huge logit everywhere (docs/huggingface.md measures this).
+        objective: The inner objective (:class:`HebbianSoftmax`). ``"ip"`` (the default here):
+            the row moves to the mean activation's direction at norm ``max_norm``; ``"l2"`` (the
+            paper's rule): to the mean activation itself. A transformer's final norm gives
+            activations of norm about √d, far above a pre-trained row's, so with ``"l2"`` a
+            memorized row gives its token a huge logit in every context and fine-tuning
+            collapses (docs/RESULTS.md, "Hugging Face models").
+        max_norm: The norm bound of the ``ip``/``svm``/``smax`` objectives: a number, or
+            ``"rows"`` (what None means for them): the median norm of the trained rows (all but
+            ``new_tokens``), so memorized rows come out at the scale of the pre-trained ones.
 
     Raises:
         UserError: no output layer, one that is not a linear layer, or bad counts/ids.
@@ -116,10 +118,11 @@ def hebbian_head(model: nn.Module, *, gamma: float = 0.05, T: int = 100,
     # every setting is checked before the model is touched
     start = _start_counts(counts, new_tokens, V, T, head.weight.device)
     extra: dict[str, Any] = {}
-    if max_norm is not None:
-        if objective == "l2":
-            raise UserError("max_norm bounds the ip, svm and smax objectives; objective='l2' moves rows to the mean "
-                            "activation itself")
+    if max_norm is not None and objective == "l2":
+        raise UserError("max_norm bounds the ip, svm and smax objectives; objective='l2' moves rows to the mean "
+                        "activation itself")
+    if objective != "l2":
+        max_norm = "rows" if max_norm is None else max_norm
         if max_norm == "rows":
             trained = torch.ones(V, dtype=torch.bool)
             if new_tokens is not None:
@@ -257,14 +260,14 @@ class HebbianMemorizer:
     With ``transformers.Trainer`` use :class:`~fastbind.hf.HebbianCallback`, which does this.
     Pass ``labels`` by keyword (as ``Trainer`` does). Call :meth:`remove` to take the hooks off.
 
-    ``center=True`` memorizes ``h − μ`` instead of ``h``, where ``μ`` is the mean activation of
-    the step's recorded targets (on this process): the row then points where this token's
-    contexts differ from the step's typical context, not along the direction every
-    LayerNorm-ed activation shares. Use it with ``objective="ip"`` and ``max_norm="rows"``
-    (:func:`hebbian_head`), which sets the scale.
+    ``center=True`` (the default) memorizes ``h − μ`` instead of ``h``, where ``μ`` is the mean
+    activation of the step's recorded targets (on this process): the row then points where this
+    token's contexts differ from the step's typical context, not along the direction every
+    LayerNorm-ed activation shares; ``hebbian_head``'s ``objective="ip"`` sets its norm.
+    ``center=False`` with ``objective="l2"`` is the paper's rule.
     """
 
-    def __init__(self, model: nn.Module, *, center: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, center: bool = True) -> None:
         self.center = bool(center)
         self.model = model
         self.head = output_layer(model)
