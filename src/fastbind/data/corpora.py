@@ -64,6 +64,18 @@ def detect_format(path: str | os.PathLike) -> str:
 _READERS: dict[str, Callable[..., Corpus]] = {"wikitext": read_wikitext, "ptb": read_ptb, "gutenberg": read_gutenberg}
 
 
+def _ensure_split_files(key: str, folder: Path, fmt: str, download: bool) -> None:
+    """Download a named WikiText/PTB set's split files into ``folder`` when they are missing."""
+    if has_split_files(folder, fmt):
+        return
+    if not download:
+        raise UserError(f"{key} is not in {folder}: put {', '.join(SOURCES[key].files)} there (downloads are disabled)")
+    try:
+        fetch_dataset(key, folder)
+    except DownloadError as e:
+        raise UserError(str(e)) from None
+
+
 def split_text_file(spec: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None, *,
                     download: bool = True) -> Path:
     """The raw text file of one split, for models that bring their own tokenizer.
@@ -83,13 +95,7 @@ def split_text_file(spec: str | os.PathLike, split: str, cache_dir: str | os.Pat
         if fmt == "gutenberg":
             raise UserError("gutenberg is a folder of books without split files: give a text file instead")
         folder = data_root(cache_dir) / key
-        if not has_split_files(folder, fmt):
-            if not download:
-                raise UserError(f"{key} is not in {folder}: put {', '.join(SOURCES[key].files)} there")
-            try:
-                fetch_dataset(key, folder)
-            except DownloadError as e:
-                raise UserError(str(e)) from None
+        _ensure_split_files(key, folder, fmt, download)
         return split_paths(folder, fmt)[split]
     path = Path(text).expanduser()
     if path.is_file():
@@ -155,14 +161,7 @@ def load_corpus(
                     f"no Gutenberg books in {folder}: put .txt books or a .zip of them there, or pass their path"
                 )
             return _call(read_gutenberg, folder, cache_dir=cache_dir, **{"name": "gutenberg", **options})
-        if not has_split_files(folder, fmt):
-            files = ", ".join(SOURCES[key].files)
-            if not download:
-                raise UserError(f"{key} is not in {folder}: put {files} there (downloads are disabled)")
-            try:
-                fetch_dataset(key, folder)
-            except DownloadError as e:
-                raise UserError(str(e)) from None
+        _ensure_split_files(key, folder, fmt, download)
         return _call(_READERS[fmt], folder, cache_dir=cache_dir, **{"name": key, **options})
     path = Path(text).expanduser()
     if not path.exists():
