@@ -201,6 +201,10 @@ class FastWeightMemory(nn.Module):
         compiled: run each block of the ``segment`` form through ``torch.compile``. The first
             calls compile for minutes (once per block shape), so it can only pay off in long
             runs; what it gained is in docs/fast_weights.md.
+        proj_bias: the write and read projections' biases start at ``zero`` (default) or at
+            ``torch``'s ``nn.Linear`` default, U(±1/√hidden) (the authors' code).
+        read_keys: ``tanh`` squashes the hops' relation keys ``r_k`` (the catbAbI and PTB
+            models); ``linear`` leaves them as projected (the authors' meta-RL agent).
 
     Shapes:
         ``forward(z (B, L, hidden), state (B, s, r, t) or None) -> FWMOutput``.
@@ -216,7 +220,8 @@ class FastWeightMemory(nn.Module):
 
     def __init__(self, hidden: int, s: int = 32, r: int = 32, t: int = 32, hops: int = 3,
                  residual: bool = True, impl: Literal["segment", "step"] = "segment", chunk: int = 32,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, proj_bias: Literal["zero", "torch"] = "zero",
+                 read_keys: Literal["tanh", "linear"] = "tanh") -> None:
         super().__init__()
         if min(hidden, s, r, t, hops) < 1:
             raise ValueError(f"sizes and hops must be >= 1, got hidden={hidden} s={s} r={r} t={t} hops={hops}")
@@ -227,6 +232,11 @@ class FastWeightMemory(nn.Module):
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         if impl not in ("segment", "step"):
             raise ValueError(f"impl must be 'segment' or 'step', got {impl!r}")
+        if proj_bias not in ("zero", "torch"):
+            raise ValueError(f"proj_bias must be 'zero' or 'torch', got {proj_bias!r}")
+        if read_keys not in ("tanh", "linear"):
+            raise ValueError(f"read_keys must be 'tanh' or 'linear', got {read_keys!r}")
+        self.proj_bias, self.read_keys = proj_bias, read_keys
         self.hidden, self.s, self.r, self.t, self.hops, self.residual = hidden, s, r, t, hops, residual
         self.impl = impl
         self.chunk = chunk
@@ -241,8 +251,12 @@ class FastWeightMemory(nn.Module):
         a = math.sqrt(6.0 / (self.hidden + self.s))
         nn.init.uniform_(self.W_write.weight, -a, a)
         nn.init.uniform_(self.W_read.weight, -a, a)
-        nn.init.zeros_(self.W_write.bias)
-        nn.init.zeros_(self.W_read.bias)
+        for lin in (self.W_write, self.W_read):
+            if self.proj_bias == "zero":
+                nn.init.zeros_(lin.bias)
+            else:
+                bound = 1.0 / math.sqrt(self.hidden)
+                nn.init.uniform_(lin.bias, -bound, bound)
 
     def init_state(self, batch_size: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -251,7 +265,9 @@ class FastWeightMemory(nn.Module):
         return torch.zeros(batch_size, self.s, self.r, self.t, device=device or p.device, dtype=dtype or p.dtype)
 
     def extra_repr(self) -> str:
-        return f"hidden={self.hidden}, s={self.s}, r={self.r}, t={self.t}, hops={self.hops}, residual={self.residual}"
+        return (f"hidden={self.hidden}, s={self.s}, r={self.r}, t={self.t}, hops={self.hops}, residual={self.residual}"
+                + (f", proj_bias={self.proj_bias}" if self.proj_bias != "zero" else "")
+                + (f", read_keys={self.read_keys}" if self.read_keys != "tanh" else ""))
 
     def forward(self, z: torch.Tensor, state: torch.Tensor | None = None) -> FWMOutput:
         if z.dim() != 3 or z.shape[-1] != self.hidden:
@@ -265,7 +281,9 @@ class FastWeightMemory(nn.Module):
         s, r, t = torch.tanh(s), torch.tanh(r), torch.tanh(t)
         beta = torch.sigmoid(b.squeeze(-1) + 1.0) / self.t  # (B, L): the authors' β / t_size
         q0, rr = self.W_read(z).split([self.s, self.hops * self.r], dim=-1)
-        rr = torch.tanh(rr).view(B, L, self.hops, self.r)  # (B, L, hops, r)
+        if self.read_keys == "tanh":
+            rr = torch.tanh(rr)
+        rr = rr.reshape(B, L, self.hops, self.r)  # (B, L, hops, r)
         if self.impl == "step":
             read, fw, norm = _scan_steps(fw, s, r, t, beta, q0, rr)
         else:

@@ -11,7 +11,7 @@ section (:class:`FWMConfig`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from fastbind.errors import BadSetting
 from fastbind.layers.fast_weights import FastWeightMemory
 from fastbind.models.language_model import LanguageModel, LMOutput, State
-from fastbind.models.lstm_lm import LSTMConfig, lstm_zero_state
+from fastbind.models.lstm_lm import LSTMConfig, lstm_zero_state, single_bias
 
 if TYPE_CHECKING:
     from fastbind.models.registry import ModelConfig
@@ -34,11 +34,14 @@ class FWMConfig:
     size: int = 32  # s = r = t of the fast-weight tensor
     hops: int = 3  # sequential reads
     residual: bool = True  # add the read to the LSTM output (False: the output is the read alone)
+    proj_bias: Literal["zero", "torch"] = "zero"  # write/read projections' biases: zero, or nn.Linear's U(±1/√hidden) (the authors')
 
     def __post_init__(self) -> None:
         for name in ("size", "hops"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.proj_bias not in ("zero", "torch"):
+            raise BadSetting("proj_bias", f"{self.proj_bias!r} is not one of zero, torch")
 
 
 class FWMLSTMLM(LanguageModel):
@@ -49,11 +52,15 @@ class FWMLSTMLM(LanguageModel):
         self.lstm_cfg, self.fwm_cfg = lstm, fwm
         H = lstm.hidden
         self.lstm = nn.LSTM(model.emb_dim, H, num_layers=lstm.layers, batch_first=True)
-        self.fwm = FastWeightMemory(H, fwm.size, fwm.size, fwm.size, fwm.hops, residual=fwm.residual)
-        with torch.no_grad():  # the authors' cell adds 1 to the forget gate's pre-activation
-            for k in range(lstm.layers):
-                getattr(self.lstm, f"bias_ih_l{k}")[H:2 * H].fill_(1.0)
-                getattr(self.lstm, f"bias_hh_l{k}")[H:2 * H].zero_()
+        self.fwm = FastWeightMemory(H, fwm.size, fwm.size, fwm.size, fwm.hops, residual=fwm.residual,
+                                    proj_bias=fwm.proj_bias)
+        if lstm.bias == "single":
+            single_bias(self.lstm)
+        else:
+            with torch.no_grad():  # the authors' cell adds 1 to the forget gate's pre-activation
+                for k in range(lstm.layers):
+                    getattr(self.lstm, f"bias_ih_l{k}")[H:2 * H].fill_(1.0)
+                    getattr(self.lstm, f"bias_hh_l{k}")[H:2 * H].zero_()
         self.norm = nn.LayerNorm(H) if lstm.layer_norm else nn.Identity()
         self._build_output(H)
 

@@ -65,7 +65,8 @@ class LanguageModel(nn.Module):
         # trunk, projection, output layer): it fixes the random initialisation, the state_dict
         # and the optimizer's parameter order, so runs saved before the families split still load.
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if cfg.emb_init == "uniform":  # else nn.Embedding's own N(0, 1), drawn above
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
     def _build_output(self, width: int) -> None:
         """The projection (tied, ``width != emb_dim``) and the output layer, for a trunk of ``width``."""
@@ -85,6 +86,10 @@ class LanguageModel(nn.Module):
         if hebbian:
             self.head = HebbianSoftmax(d_out, cfg.vocab_size, gamma=cfg.gamma, T=cfg.T, weight=tied_weight,
                                        objective=cfg.objective)
+        elif cfg.head_init == "xavier":  # the FWM authors' catbAbI output layer
+            self.head = nn.Linear(d_out, cfg.vocab_size, bias=False)
+            nn.init.xavier_normal_(self.head.weight)
+            return
         else:
             self.head = nn.Linear(d_out, cfg.vocab_size)
             if tied_weight is not None:

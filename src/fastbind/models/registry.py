@@ -68,6 +68,8 @@ class ModelConfig:
     cutoffs: tuple[int, ...] = ()  # softmax=adaptive: class ids where tail clusters start; () = from the counts
     div_value: float = 4.0  # softmax=adaptive: each tail cluster's projection is this much smaller
     memorize_tails: bool = True  # softmax=adaptive, head=hebbian: also memorize tail classes (False: head classes only)
+    emb_init: Literal["uniform", "normal"] = "uniform"  # uniform: U(±0.1); normal: N(0, 1) (PyTorch's, the FWM authors')
+    head_init: Literal["default", "xavier"] = "default"  # default: PyTorch's weight, zero bias; xavier: Xavier-normal, no bias (the FWM authors')
 
     def __post_init__(self) -> None:
         if self.vocab_size < 0:
@@ -77,7 +79,8 @@ class ModelConfig:
         if self.emb_dim < 1:
             raise BadSetting("emb_dim", f"must be >= 1, got {self.emb_dim}")
         for name, choices in (("head", ("softmax", "hebbian")), ("softmax", ("full", "adaptive")),
-                              ("objective", _OBJECTIVES)):
+                              ("objective", _OBJECTIVES), ("emb_init", ("uniform", "normal")),
+                              ("head_init", ("default", "xavier"))):
             if getattr(self, name) not in choices:
                 raise BadSetting(name, f"{getattr(self, name)!r} is not one of {', '.join(choices)}")
         if self.gamma != "auto" and (isinstance(self.gamma, str) or not 0.0 < self.gamma <= 1.0):
@@ -100,6 +103,8 @@ class ModelConfig:
             raise UserError(f"vocab_size must be set (> 0), got {vocab_size}")
         if self.head == "hebbian" and "auto" in (self.gamma, self.T):
             raise UserError("gamma/T 'auto' must be resolved from the training counts first (fastbind.lm.resolve_auto)")
+        if self.head_init == "xavier" and (self.head != "softmax" or self.softmax != "full" or self.tied):
+            raise UserError("head_init=xavier needs head=softmax, softmax=full and tied=false (a bias-free linear output layer)")
         if self.softmax != "adaptive":
             return
         if self.tied:
