@@ -409,14 +409,15 @@ FREE_ON_RESUME = frozenset({"out", "data", "data_dir", "device", "threads", "com
 
 
 def check_resume(saved: dict[str, Any], cfg: Any, where: str | os.PathLike[str], *,
-                 pinned: frozenset[str] = frozenset()) -> None:
+                 pinned: frozenset[str] = frozenset(), free: frozenset[str] = frozenset()) -> None:
     """Refuse to resume the run at ``where`` (its checkpoint's config ``saved``) under other settings.
 
     Every recipe calls this before it writes anything. A change outside :data:`FREE_ON_RESUME`
     (``optim.lr``: the restored optimizer would keep the old rate; the model; what validation
     measures, which ``best.pt`` compares across slices) would leave ``config.json`` misstating
     what trained the run. ``pinned`` names free keys that steer training in one recipe (the
-    curriculum's ``eval_every`` decides when new classes arrive). ``saved`` is read with
+    curriculum's ``eval_every`` decides when new classes arrive); ``free`` names a recipe's own keys
+    that only change what its end does (catbabi's ``test_batch``). ``saved`` is read with
     ``from_dict``, so a run saved before a key was added or renamed compares under today's
     names and defaults.
 
@@ -425,6 +426,6 @@ def check_resume(saved: dict[str, Any], cfg: Any, where: str | os.PathLike[str],
     """
     old, new = flatten(to_dict(from_dict(type(cfg), saved))), flatten(to_dict(cfg))
     for key, value in new.items():
-        if (key.split(".")[0] not in FREE_ON_RESUME - pinned) and old.get(key) != value:
+        if (key.split(".")[0] not in (FREE_ON_RESUME | free) - pinned) and old.get(key) != value:
             raise UserError(f"{where} holds a run with a different {key!r} ({old.get(key)!r}, now {value!r}); "
                             "use another out= or the same settings to resume")

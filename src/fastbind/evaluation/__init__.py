@@ -226,10 +226,10 @@ def variant_settings(cache: CacheSettings | None = None, mbpa: MbPASettings | No
 
 @torch.no_grad()
 def answer_accuracy(model, segments, *, device: torch.device, num_tasks: int = 20, max_segments: int = 0,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, state: tuple | None = None) -> dict:
     """Answer accuracy of a language model over catbAbI evaluation segments.
 
-    The state starts empty and is carried from segment to segment. Accuracy counts the
+    The state starts empty (or at ``state``) and is carried from segment to segment. Accuracy counts the
     positions whose target is an answer (``segment.answer``): the argmax of the logits
     must equal it. The loss is the mean cross-entropy over the segments' targets (answers
     only in QA mode, every token in LM mode).
@@ -242,6 +242,7 @@ def answer_accuracy(model, segments, *, device: torch.device, num_tasks: int = 2
         num_tasks: task ids run from 1 to this.
         max_segments: stop after this many segments (0 = all).
         progress: show a progress bar.
+        state: the state to start from (``None``: empty), batched as the segments.
 
     Returns:
         ``{"per_task": {"qa1": acc, ...}, "mean": mean over tasks, "accuracy": over all
@@ -252,7 +253,7 @@ def answer_accuracy(model, segments, *, device: torch.device, num_tasks: int = 2
     model.eval()
     correct = torch.zeros(num_tasks + 1, dtype=torch.float64)
     count = torch.zeros(num_tasks + 1, dtype=torch.float64)
-    nll, targets, state = 0.0, 0, None
+    nll, targets = 0.0, 0
     total = len(segments) if hasattr(segments, "__len__") else None
     if max_segments and total is not None:
         total = min(total, max_segments)

@@ -108,6 +108,21 @@ class LanguageModel(nn.Module):
         """The state at the start of a stream (zeros)."""
         raise NotImplementedError
 
+    def replicate_state(self, state: State, row: int, n: int) -> State:
+        """The state of batch row ``row`` repeated ``n`` times (each tensor along its batch dimension).
+
+        The batch dimension of each state tensor is the one in which ``init_state(1)`` and
+        ``init_state(2)`` differ, so every family is served without knowing its layout.
+        """
+        one, two = self.init_state(1), self.init_state(2)
+        out = []
+        for t, a, b in zip(state, one, two):
+            dim = next(d for d in range(a.dim()) if a.shape[d] != b.shape[d])
+            if not 0 <= row < t.shape[dim]:
+                raise ValueError(f"row {row} is outside a state of batch {t.shape[dim]}")
+            out.append(t.narrow(dim, row, 1).repeat_interleave(n, dim=dim))
+        return tuple(out)
+
     def _embed(self, x: torch.Tensor, dropout: float) -> torch.Tensor:
         """Embeddings ``(B, L, emb_dim)`` of token ids ``x (B, L)``, with (input) dropout."""
         if x.dim() != 2:

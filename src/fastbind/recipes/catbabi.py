@@ -82,6 +82,10 @@ class CatbAbIConfig:
     valid_fraction: float = 0.1  # of each task's training stories, held out (as en-valid-10k)
     eval_every: int = 250  # validation (and checkpoint) period in steps; 0 = never validate
     eval_segments: int = 0  # validate on this many segments only (0 = the whole split)
+    eval_batch: int = 0  # validation streams (0: batch_size); the authors validate at 128
+    # validation streams start empty, or each from training stream 0's state at that step (the authors)
+    eval_from: Literal["empty", "train"] = "empty"
+    test_batch: int = 0  # test streams, from an empty state (0: batch_size); the authors test at 1
     log_every: int = 25
     test: Literal["end", "now"] = "end"  # end: test once max_steps is reached; now: also after this slice
     compile: bool = False  # arch=fwm: torch.compile the fast-weight blocks (minutes to compile, then faster)
@@ -99,7 +103,7 @@ class CatbAbIConfig:
         for name in ("batch_size", "seg_len", "max_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, "must be >= 1")
-        for name in ("threads", "max_minutes", "eval_every", "eval_segments"):
+        for name in ("threads", "max_minutes", "eval_every", "eval_segments", "eval_batch", "test_batch"):
             if not getattr(self, name) >= 0:
                 raise BadSetting(name, "must be >= 0")
         if not 0 <= self.seed < 2**32:
@@ -128,7 +132,7 @@ def train(cfg: CatbAbIConfig) -> dict:
     ck, ck_path = None, None
     if run.has_checkpoint("last"):
         ck, ck_path = run.load_checkpoint("last", map_location=device)
-        check_resume(ck["config"], cfg, run.path)
+        check_resume(ck["config"], cfg, run.path, free=frozenset({"test_batch"}))
     data = load_babi(cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
     for note in data.notes:  # e.g. a task trained on its 1k file: always said
         print(f"catbabi: {note}", flush=True)
@@ -162,10 +166,14 @@ def train(cfg: CatbAbIConfig) -> dict:
 
     def evaluate(split: str, segments: int = 0) -> dict:
         stories = data.valid if split == "valid" else data.test
-        es = CatbAbIEvalStream(stories, data.vocab, batch_size=cfg.batch_size, seg_len=cfg.seg_len, mode=cfg.mode,
+        batch = (cfg.eval_batch if split == "valid" else cfg.test_batch) or cfg.batch_size
+        start = None  # an empty state
+        if split == "valid" and cfg.eval_from == "train" and state is not None:
+            start = model.replicate_state(state, row=0, n=batch)
+        es = CatbAbIEvalStream(stories, data.vocab, batch_size=batch, seg_len=cfg.seg_len, mode=cfg.mode,
                                seed=cfg.seed)
         return answer_accuracy(model, es, device=device, num_tasks=NUM_TASKS, max_segments=segments,
-                               progress=cfg.progress)
+                               progress=cfg.progress, state=start)
 
     def validate() -> dict:
         nonlocal best
