@@ -21,7 +21,7 @@ LEVELS = [
     ("fastbind.models",),
     ("fastbind.data",),
     ("fastbind.training", "fastbind.runs"),
-    ("fastbind.evaluation", "fastbind.lm", "fastbind.continual", "fastbind.hf"),
+    ("fastbind.evaluation", "fastbind.lm", "fastbind.continual", "fastbind.metarl", "fastbind.hf"),
     ("fastbind.report",),
     ("fastbind.recipes",),
     ("fastbind.cli", "fastbind.__main__"),

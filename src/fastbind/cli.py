@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lm-sweep": ("fastbind.recipes.lm_sweep", "tune the cache, MbPA, kNN-LM and dynamic evaluation on validation, apply to test"),
     "curriculum": ("fastbind.recipes.curriculum", "Omniglot class curriculum: steps per level for each head"),
     "catbabi": ("fastbind.recipes.catbabi", "catbAbI: Fast Weight Memory vs LSTM, accuracy per bAbI task"),
+    "metarl": ("fastbind.recipes.metarl", "meta-RL on random-graph POMDPs: LSTM vs Fast Weight Memory agents"),
     "continual": ("fastbind.recipes.continual", "continual learning: MbPA vs fine-tuning, EWC, replay, Hebbian"),
     "continual-sweep": ("fastbind.recipes.continual_sweep", "MbPA settings over finished continual runs (eval only)"),
     "corpus-stats": ("fastbind.recipes.corpus_stats", "statistics of corpora side by side (buckets, recurrence, context)"),

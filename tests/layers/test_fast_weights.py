@@ -23,7 +23,8 @@ def reference(m: FastWeightMemory, z: torch.Tensor, fw: torch.Tensor):
         fw = fw / torch.maximum(n, torch.ones_like(n)).view(-1, 1, 1, 1)
         q, *rs = m.W_read(z[:, i]).split([m.s] + [m.r] * m.hops, -1)
         for rk in rs:
-            q = F.layer_norm(torch.einsum("bsrt,bs,br->bt", fw, q, rk.tanh()), (m.t,))
+            rk = rk.tanh() if m.read_keys == "tanh" else rk
+            q = F.layer_norm(torch.einsum("bsrt,bs,br->bt", fw, q, rk), (m.t,))
         read = m.out(q)
         outs.append(z[:, i] + read if m.residual else read)
     return torch.stack(outs, 1), fw, torch.stack(norms, 1)
@@ -163,3 +164,40 @@ def test_compiled_blocks_match_eager():
     torch.testing.assert_close(comp.out, eager.out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(comp.state, eager.state, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gz_comp, gz_eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("read_keys", ["tanh", "linear"])
+def test_step_with_history_matches_the_reference(read_keys):
+    """The agents' form (writes kept as history, no dense F) against the equations, values and gradients."""
+    torch.manual_seed(0)
+    m = FastWeightMemory(12, s=4, r=3, t=4, hops=3, read_keys=read_keys, proj_bias="torch").double()
+    z = (torch.randn(3, 13, 12, dtype=torch.double) * 3).requires_grad_()
+    ref_out, ref_fw, ref_norm = reference(m, z, m.init_state(3))
+    assert bool((ref_norm > 1).any()) and bool((ref_norm < 1).any())  # both sides of the clip
+    h, outs, norms = m.empty_history(3), [], []
+    for i in range(13):
+        o, h, n = m.step(z[:, i], h)
+        outs.append(o)
+        norms.append(n)
+    out = torch.stack(outs, 1)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h.dense(), ref_fw, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.stack(norms, 1), ref_norm, rtol=0, atol=1e-12)
+    w = torch.randn_like(out)
+    g_step = torch.autograd.grad((out * w).sum(), [z, *m.parameters()])
+    g_ref = torch.autograd.grad((ref_out * w).sum(), [z, *m.parameters()])
+    for a, b in zip(g_step, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_projection_bias_initialisations():
+    torch.manual_seed(0)
+    zero = FastWeightMemory(64, s=8, r=8, t=8)
+    assert not zero.W_write.bias.any() and not zero.W_read.bias.any()
+    torch_init = FastWeightMemory(64, s=8, r=8, t=8, proj_bias="torch")
+    for b in (torch_init.W_write.bias, torch_init.W_read.bias):
+        assert b.abs().max() <= 1 / 8 and b.abs().max() > 0.1  # U(±1/√64)
+    with pytest.raises(ValueError, match="proj_bias"):
+        FastWeightMemory(8, proj_bias="ones")
+    with pytest.raises(ValueError, match="read_keys"):
+        FastWeightMemory(8, read_keys="sigmoid")

@@ -245,3 +245,40 @@ def test_run_names_its_recipe(tmp_path, release):
     assert catbabi(tmp_path / "cb", release, "max_steps=2", "eval_every=0") == 0
     assert json.loads((tmp_path / "cb" / "run.json").read_text())["recipe"] == "catbabi"
     assert RunFolder(tmp_path / "cb").recipe() == "catbabi"
+
+
+def test_the_authors_evaluation_protocol(tmp_path, release, capsys):
+    """Validation from training stream 0's state at another batch size changes what is measured,
+    never what is trained; the test batch may change between slices, the validation protocol may not."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert catbabi(a, release, "max_steps=12", "eval_every=6") == 0
+    assert catbabi(b, release, "max_steps=12", "eval_every=6", "eval_from=train", "eval_batch=6",
+                   "test_batch=1") == 0
+    ka, kb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert all(torch.equal(v, kb["model"][k]) for k, v in ka["model"].items())
+    val = [[json.loads(x)["val/loss"] for x in (r / "metrics.jsonl").read_text().splitlines() if "val/loss" in x]
+           for r in (a, b)]
+    assert len(val[0]) == len(val[1]) == 2 and val[0] != val[1]
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
+    assert ra["answers"] == rb["answers"]  # batch 1 still scores every test question once
+    capsys.readouterr()
+    assert catbabi(b, release, "max_steps=12", "eval_every=6", "eval_from=train", "eval_batch=6",
+                   "test_batch=3", "test=now") == 0
+    assert catbabi(b, release, "max_steps=12", "eval_every=6", "eval_from=train", "eval_batch=2") == 2
+    assert "different 'eval_batch' (6, now 2)" in capsys.readouterr().err
+
+
+def test_replicate_state_repeats_one_row_in_every_family():
+    from fastbind.models.registry import ModelConfig, build_lm
+    from fastbind.recipes.catbabi import CatbAbIConfig
+    for arch in ("lstm", "fwm"):
+        cfg = CatbAbIConfig(model=ModelConfig(arch=arch, emb_dim=8))
+        cfg.lstm.hidden, cfg.fwm.size = 8, 2
+        model = build_lm(cfg, 20)
+        state = model(torch.randint(0, 20, (3, 5))).state
+        rep = model.replicate_state(state, row=1, n=4)
+        assert len(rep) == len(state)
+        for s, r in zip(state, rep):
+            dim = 0 if s.dim() == 4 else 1  # F is (B, s, r, t); h and c are (layers, B, H)
+            assert r.shape[dim] == 4
+            assert all(torch.equal(r.select(dim, i), s.select(dim, 1)) for i in range(4))

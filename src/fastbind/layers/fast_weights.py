@@ -32,13 +32,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FWMOutput", "FastWeightMemory", "delta_write", "fwm_read"]
+__all__ = ["FWMHistory", "FWMOutput", "FastWeightMemory", "delta_write", "fwm_read"]
 
 
 class FWMOutput(NamedTuple):
     out: torch.Tensor  # (B, L, hidden)
     state: torch.Tensor  # (B, s, r, t), after the last step
     norm: torch.Tensor  # (B, L), ‖F‖ after each write and before the clip (the authors' regularizer value)
+
+
+class FWMHistory(NamedTuple):
+    """The fast weights of a stream that started empty, kept as its writes (:meth:`FastWeightMemory.step`).
+
+    ``F_τ = Σ_{j ≤ τ} (P_{j−1} / P_τ) · (s_j ⊗ r_j) ⊗ δ_j`` (see :func:`_scan_segment`): the
+    factors and deltas of every write so far and the log-products of the clip's divisors.
+    """
+
+    s: torch.Tensor  # (B, τ, s)
+    r: torch.Tensor  # (B, τ, r)
+    delta: torch.Tensor  # (B, τ, t)
+    log_before: torch.Tensor  # (B, τ): log P_{j−1}
+    log_p: torch.Tensor  # (B,): log P_τ
+    sq: torch.Tensor  # (B,): ‖F_τ‖²
+
+    def dense(self) -> torch.Tensor:
+        """``F_τ`` as a ``(B, s, r, t)`` tensor."""
+        B, n, S = self.s.shape
+        w = torch.exp(self.log_before - self.log_p.unsqueeze(1)).unsqueeze(2)  # (B, τ, 1)
+        keys = (self.s.unsqueeze(3) * self.r.unsqueeze(2)).reshape(B, n, -1) * w
+        return torch.bmm(keys.transpose(1, 2), self.delta).view(B, S, self.r.shape[2], self.delta.shape[2])
 
 
 def delta_write(fw: torch.Tensor, s: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
@@ -268,6 +290,56 @@ class FastWeightMemory(nn.Module):
         return (f"hidden={self.hidden}, s={self.s}, r={self.r}, t={self.t}, hops={self.hops}, residual={self.residual}"
                 + (f", proj_bias={self.proj_bias}" if self.proj_bias != "zero" else "")
                 + (f", read_keys={self.read_keys}" if self.read_keys != "tanh" else ""))
+
+    def empty_history(self, batch_size: int, device: torch.device | None = None,
+                      dtype: torch.dtype | None = None) -> FWMHistory:
+        """No writes yet: the start of a stream for :meth:`step`."""
+        p = self.W_write.weight
+        kw = {"device": device or p.device, "dtype": dtype or p.dtype}
+        B = batch_size
+        return FWMHistory(torch.zeros(B, 0, self.s, **kw), torch.zeros(B, 0, self.r, **kw),
+                          torch.zeros(B, 0, self.t, **kw), torch.zeros(B, 0, **kw), torch.zeros(B, **kw),
+                          torch.zeros(B, **kw))
+
+    def step(self, z: torch.Tensor, history: FWMHistory) -> tuple[torch.Tensor, FWMHistory, torch.Tensor]:
+        """One step for ``z (B, hidden)``, with the fast weights kept as their writes.
+
+        For agents that act between steps (the next input depends on this output), so no
+        segment can be computed at once. A stream that starts empty never needs the dense
+        ``F``: a write and the reads of step ``τ`` cost ``O(τ · (s + r + t))`` per sequence
+        instead of ``O(s · r · t)`` — cheaper while ``τ`` is below about ``s·r·t / (s+r+t)``.
+        Equal to :meth:`forward` with ``impl="step"`` up to rounding.
+
+        Returns ``(out (B, hidden), history, ‖F‖ before the clip (B,))``.
+        """
+        h = history
+        wv = self.W_write(z)
+        s, r, t, b = wv.split([self.s, self.r, self.t, 1], dim=-1)
+        s, r, t = torch.tanh(s), torch.tanh(r), torch.tanh(t)
+        beta = torch.sigmoid(b.squeeze(-1) + 1.0) / self.t  # (B,)
+        q, rr = self.W_read(z).split([self.s, self.hops * self.r], dim=-1)
+        if self.read_keys == "tanh":
+            rr = torch.tanh(rr)
+        rr = rr.reshape(len(z), self.hops, self.r)
+        # v = F_{τ−1}·k: the past writes, each scaled by P_{j−1}/P_{τ−1}. The products are
+        # written as broadcasts and sums: bmm on thousands of tiny matrices is several times slower.
+        decay = torch.exp(h.log_before - h.log_p.unsqueeze(1))  # (B, τ−1)
+        w = (h.s * s.unsqueeze(1)).sum(2) * (h.r * r.unsqueeze(1)).sum(2) * decay  # (B, τ−1): (k_j·k) P_{j−1}/P_{τ−1}
+        v = (w.unsqueeze(2) * h.delta).sum(1)  # (B, t)
+        delta = beta.unsqueeze(1) * (t - v)
+        kk = s.pow(2).sum(1) * r.pow(2).sum(1)  # ‖k‖²
+        pre = h.sq + 2 * (delta * v).sum(1) + kk * delta.pow(2).sum(1)
+        m_sq = pre.clamp(min=1.0)  # as _scan_segment: keeps √ away from 0
+        log_p = h.log_p + 0.5 * torch.log(m_sq)
+        new = FWMHistory(torch.cat([h.s, s.unsqueeze(1)], 1), torch.cat([h.r, r.unsqueeze(1)], 1),
+                         torch.cat([h.delta, delta.unsqueeze(1)], 1),
+                         torch.cat([h.log_before, h.log_p.unsqueeze(1)], 1), log_p, pre / m_sq)
+        scale = torch.exp(new.log_before - log_p.unsqueeze(1))  # (B, τ): P_{j−1}/P_τ
+        for k in range(self.hops):
+            a = (new.s * q.unsqueeze(1)).sum(2) * (new.r * rr[:, k].unsqueeze(1)).sum(2) * scale  # (B, τ)
+            q = F.layer_norm((a.unsqueeze(2) * new.delta).sum(1), (self.t,))
+        read = self.out(q)
+        return (z + read if self.residual else read), new, pre.detach().clamp(min=0).sqrt()
 
     def forward(self, z: torch.Tensor, state: torch.Tensor | None = None) -> FWMOutput:
         if z.dim() != 3 or z.shape[-1] != self.hidden:

@@ -122,6 +122,8 @@ def _from_text(text: str, tp: Any) -> Any:
         return None
     if str in options:
         return text
+    if any(typing.get_origin(o) is Literal and s in typing.get_args(o) for o in options):
+        return s  # a Literal's word is itself, even one that reads as a boolean or a number ("true")
     if bool in options and s.lower() in _TRUE | _FALSE:
         return s.lower() in _TRUE
     seq = next((typing.get_args(o) for o in options if typing.get_origin(o) is tuple), None)

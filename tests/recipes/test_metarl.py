@@ -1,0 +1,86 @@
+"""``fastbind metarl``: dry runs of both agents, bit-identical resume, and what a run folder holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastbind.cli import main as cli
+from fastbind.training.checkpoint import load_checkpoint
+
+TINY = ("env.envs=12", "env.steps=6", "hidden=8", "agent.fwm_size=4", "log_every=2", "test_every=2",
+        "checkpoint_every=100", "progress=false", "threads=1")
+
+
+def metarl(out, *args) -> int:
+    return cli(["metarl", f"out={out}", *TINY, *args])
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["lstm", "fwm"])
+def test_dry_run_writes_rewards_and_results(tmp_path, arch, capsys):
+    run = tmp_path / arch
+    assert metarl(run, f"arch={arch}", "max_steps=4") == 0
+    assert "episode 4/4, test reward" in capsys.readouterr().out
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all("train/reward" in r and "test/reward" in r and r["episodes_per_s"] > 0 for r in rows)
+    res = json.loads((run / "results.json").read_text())
+    assert res["arch"] == arch and res["episodes"] == 4 and [t[0] for t in res["test_rewards"]] == [2, 4]
+    assert res["test_reward"] == pytest.approx((rows[0]["test/reward"] + rows[1]["test/reward"]) / 2)
+    assert json.loads((run / "run.json").read_text())["recipe"] == "metarl"
+    # rewards are in the range the environment allows: at most one goal per two steps... and no less than
+    # a penalty at every step
+    for r in rows:
+        assert -0.05 * 6 - 1e-6 <= r["test/reward"] <= 10 * 6
+
+
+@pytest.mark.parametrize("graphs", ["fixed", "resample"])
+def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, graphs):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("arch=fwm", f"train_graphs={graphs}", "env.reward_input=true")
+    assert metarl(a, *common, "max_steps=6") == 0
+    assert metarl(b, *common, "max_steps=4") == 0  # a first slice, then the rest
+    assert metarl(b, *common, "max_steps=6") == 0
+    ka, kb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    for k, v in ka["model"].items():
+        assert torch.equal(v, kb["model"][k]), k
+    assert ka["tests"] == kb["tests"]
+    assert json.loads((a / "results.json").read_text()) == json.loads((b / "results.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "episodes_per_s"} for r in rows]  # noqa: E731
+    assert strip(_rows(a)) == strip(_rows(b))
+
+
+def test_test_episodes_do_not_change_training(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert metarl(a, "max_steps=4", "test_every=0") == 0
+    assert metarl(b, "max_steps=4", "test_every=1") == 0
+    ka, kb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert all(torch.equal(v, kb["model"][k]) for k, v in ka["model"].items())
+    assert len(kb["tests"]) == 4 and not ka["tests"]
+
+
+def test_training_graphs_fixed_or_resampled(tmp_path):
+    fixed, resampled = tmp_path / "f", tmp_path / "r"
+    assert metarl(fixed, "max_steps=2", "arch=lstm") == 0
+    assert metarl(resampled, "max_steps=2", "arch=lstm", "train_graphs=resample") == 0
+    assert load_checkpoint(fixed / "last.pt")["train_graphs"] is None
+    drawn = load_checkpoint(resampled / "last.pt")["train_graphs"]
+    from fastbind.data.graph_env import graph_codes, split_graphs
+    test, train, _ = split_graphs(12, 12, 5, 3, 666)
+    assert drawn.shape == train.shape and not torch.equal(drawn, train)
+    assert not torch.isin(graph_codes(drawn), graph_codes(test)).any()
+
+
+def test_resume_refuses_other_settings(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert metarl(run, "max_steps=2") == 0
+    capsys.readouterr()
+    assert metarl(run, "max_steps=4", "a2c.critic=per_env") == 2
+    err = capsys.readouterr().err.strip()
+    assert "different 'a2c.critic' ('authors', now 'per_env')" in err and len(err.splitlines()) == 1
