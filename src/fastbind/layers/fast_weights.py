@@ -273,12 +273,9 @@ class FastWeightMemory(nn.Module):
         a = math.sqrt(6.0 / (self.hidden + self.s))
         nn.init.uniform_(self.W_write.weight, -a, a)
         nn.init.uniform_(self.W_read.weight, -a, a)
-        for lin in (self.W_write, self.W_read):
-            if self.proj_bias == "zero":
-                nn.init.zeros_(lin.bias)
-            else:
-                bound = 1.0 / math.sqrt(self.hidden)
-                nn.init.uniform_(lin.bias, -bound, bound)
+        if self.proj_bias == "zero":  # else the biases keep nn.Linear's own draw, U(±1/√hidden)
+            nn.init.zeros_(self.W_write.bias)
+            nn.init.zeros_(self.W_read.bias)
 
     def init_state(self, batch_size: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
