@@ -84,3 +84,23 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     assert metarl(run, "max_steps=4", "a2c.critic=per_env") == 2
     err = capsys.readouterr().err.strip()
     assert "different 'a2c.critic' ('authors', now 'per_env')" in err and len(err.splitlines()) == 1
+
+
+def test_report_groups_seeds_by_agent(tmp_path, capsys):
+    runs = []
+    for arch, seed in (("lstm", 0), ("lstm", 1), ("fwm", 0)):
+        run = tmp_path / f"{arch}-s{seed}"
+        assert metarl(run, f"arch={arch}", f"seed={seed}", "max_steps=4") == 0
+        runs.append(str(run))
+    assert cli(["report", *runs, f"out={tmp_path / 'rep'}"]) == 0
+    table = capsys.readouterr().out
+    assert "| LSTM-8 | 2 | 4 |" in table and "| FWM-8/4 | 1 | 4 |" in table
+    assert (tmp_path / "rep" / "test_reward.png").stat().st_size > 1000
+    assert "Meta-RL" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_reward_at_is_the_mean_of_a_window():
+    from fastbind.report.metarl import reward_at
+    curve = [(e, float(e)) for e in range(50, 2050, 50)]
+    assert reward_at(curve, 2000, window=1000) == sum(range(1050, 2050, 50)) / 20
+    assert reward_at(curve, 2500) is None and reward_at([], 10) is None

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["DRAWS", "GraphEnv", "GraphState", "graph_codes", "reference_step", "sample_graphs",
            "split_graphs", "strongly_connected"]
@@ -196,19 +197,17 @@ class GraphEnv:
     def observe(self, s: GraphState, step: int) -> torch.Tensor:
         """The agent's input ``(B, input_size)`` at step ``step`` of the episode (module docstring)."""
         N, A = self.islands, self.transports
-        x = torch.zeros(len(s.goal), self.input_size, device=s.goal.device)
-        rows = torch.arange(len(s.goal), device=s.goal.device)
-        x[rows, s.goal] = 1.0
-        x[rows, N + s.pos] = 1.0
-        none = s.last_action == A
+        B, dev = len(s.goal), s.goal.device
+        # the action slots: the authors' layout puts "none" (== A) on the constant's slot
         if self.reward_input == "authors":
-            x[rows, 2 * N + s.last_action + 1] = 1.0  # "none" (== A) lands on the constant's slot
+            act = s.last_action + 1
         else:
-            x[rows, torch.where(none, 2 * N, 2 * N + s.last_action + 1)] = 1.0
-            x[:, 2 * N + A + 3] = s.reward
-        x[:, 2 * N + A + 1] = 1.0
-        x[:, 2 * N + A + 2] = step / self.steps
-        return x
+            act = torch.where(s.last_action == A, 0, s.last_action + 1)
+        hot = torch.cat([F.one_hot(s.goal, N), F.one_hot(s.pos, N), F.one_hot(act, A + 2)], 1).float()  # (B, 2N+A+2)
+        hot[:, 2 * N + A + 1] = 1.0  # the constant (where the authors' "none" may already be)
+        extra = torch.stack([torch.full((B,), step / self.steps, device=dev),
+                             s.reward if self.reward_input == "true" else torch.zeros(B, device=dev)], 1)
+        return torch.cat([hot, extra], 1)
 
     def step(self, s: GraphState, action: torch.Tensor, u: torch.Tensor) -> tuple[GraphState, torch.Tensor]:
         """Take ``action (B,)`` with re-draws from ``u (B, DRAWS)``; returns the new state and reward ``(B,)``."""

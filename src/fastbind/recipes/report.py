@@ -20,7 +20,9 @@ writes into ``out``:
   default ``out`` beside the first run;
 * continual-learning runs (``continual``): ``report.md`` (average accuracy, forgetting, backward
   transfer per method and variant), accuracy on task 1 and average accuracy as tasks
-  accumulate, new-class accuracy after arrival (``imbalanced``), default ``out`` inside the first run.
+  accumulate, new-class accuracy after arrival (``imbalanced``), default ``out`` inside the first run;
+* meta-RL runs (``metarl``): ``report.md`` (test reward at fixed episode counts, seeds grouped by
+  agent), ``test_reward.png`` and ``train_reward.png``, default ``out`` beside the first run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from fastbind.errors import BadSetting, UserError
 from fastbind.report.catbabi import build_catbabi_report
+from fastbind.report.metarl import build_metarl_report
 from fastbind.report.common import open_run
 from fastbind.report.continual import build_continual_report
 from fastbind.report.curriculum import build_curriculum_report
@@ -87,6 +90,14 @@ def _catbabi(cfg: ReportConfig, run_dirs: list[str]) -> None:
         print(f"wrote {result[key]}")
 
 
+def _metarl(cfg: ReportConfig, run_dirs: list[str]) -> None:
+    out = Path(cfg.out) if cfg.out else Path(run_dirs[0]).absolute().parent / "report"
+    result = build_metarl_report(run_dirs, out, title=_title(cfg, "Meta-RL on random graphs"))
+    print(result["table"])
+    for key in ("markdown", "test_reward", "train_reward"):
+        print(f"wrote {result[key]}")
+
+
 def _continual(cfg: ReportConfig, run_dirs: list[str]) -> None:
     out = Path(cfg.out) if cfg.out else Path(run_dirs[0]) / "report"
     result = build_continual_report(run_dirs, out, title=_title(cfg, "Continual learning"))
@@ -106,6 +117,7 @@ REPORTS: dict[str | None, tuple[str, Report]] = {
     "curriculum": ("Omniglot curriculum", _curriculum),
     "catbabi": ("catbAbI", _catbabi),
     "continual": ("continual-learning", _continual),
+    "metarl": ("meta-RL", _metarl),
 }
 
 
