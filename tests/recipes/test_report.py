@@ -273,3 +273,14 @@ def test_a_recipe_without_a_report_and_mixed_families_are_one_line_errors(runs, 
     err = _one_line_error(capsys)
     assert f"{runs[0]} holds language-model runs and {omni} Omniglot curriculum runs" in err and "not both" in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_catbabi_table_gives_the_mean_without_qa3():
+    from fastbind.report.catbabi import catbabi_table, mean_without
+    per_task = {"qa1": 1.0, "qa2": 0.5, "qa3": 0.0}
+    assert mean_without(per_task) == 0.75 and mean_without(None) is None
+    run = {"name": "r", "arch": "fwm", "mode": "qa", "train": [], "tokens_per_step": 1,
+           "results": {"per_task": per_task, "mean": 0.5, "step": 10},
+           "valid": [(10, 0.4)], "valid_tasks": [(10, {"qa1": 0.9, "qa2": 0.3, "qa3": 0.0})]}
+    table = catbabi_table([run])
+    assert "| mean without qa3 | 75.0 |" in table and "| last validation mean without qa3 | 60.0 |" in table
