@@ -283,3 +283,31 @@ def test_bench_hf_smoke(tmp_path, restore_threads):
     result = bench.main(["--smoke", "--out", str(tmp_path / "bench_hf.json")])
     assert result["equal_tokens"] and result["memorize_calls_per_round"] == [result["settings"]["steps"]]
     assert json.loads((tmp_path / "bench_hf.json").read_text())["callback_time_over_none"] > 0
+
+
+def test_bench_metarl(tmp_path, restore_threads):
+    """Both environments run the same random episodes' rules (their mean rewards are of one size),
+    and every agent variant trains an episode."""
+    out = tmp_path / "metarl.json"
+    load_benchmark("bench_metarl").main(["--quick", "--threads", "1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    env = res["environment"]
+    assert env["seconds_per_episode"]["batched"] > 0 and env["speedup"] > 0
+    r = env["random_policy_reward"]
+    assert r["batched"] > 0 and r["loop"] > 0 and abs(r["batched"] - r["loop"]) < 0.5 * max(r.values())
+    assert set(res["agents"]) == {"lstm", "fwm", "fwm_dense_step"}
+    assert all(a["episodes_per_s"] > 0 for a in res["agents"].values())
+
+
+def test_fwm_clip_counts_the_clip_on_a_catbabi_run(tmp_path, restore_threads):
+    from fastbind.cli import main as cli
+    spec = importlib.util.spec_from_file_location("catbabi_tests", REPO / "tests" / "recipes" / "test_catbabi.py")
+    babi_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(babi_tests)
+    data = babi_tests.write_release(tmp_path / "babi")  # a small generated bAbI release
+    run = tmp_path / "run"
+    assert cli(["catbabi", f"out={run}", f"data={data}", "batch_size=4", "seg_len=24", "hidden=16", "emb_dim=16",
+                "model.fwm_size=4", "progress=false", "threads=1", "max_steps=6", "eval_every=3"]) == 0
+    res = load_benchmark("fwm_clip").main([str(run), "--chunk", "8", "--out", str(tmp_path / "clip.json")])
+    assert res["sequences"] == 4 and res["steps_per_sequence"] % 24 == 0
+    assert 0 <= res["steps_clip_binds"] <= res["sequence_blocks_clip_binds"] <= res["batch_blocks_clip_binds"] <= 1
