@@ -399,3 +399,16 @@ def test_renamed_keys_reach_into_sections():
     assert from_dict(DemoConfig, {"model": {"hidden": 64}}).train.lstm.hidden == 64
     with pytest.raises(UserError, match=r"^bad value batch_size=0: must be >= 1"):  # named as typed
         parse_cli(["batch_size=0"], DemoConfig)
+
+
+def test_a_literal_word_is_itself_even_when_it_reads_as_a_boolean_or_number() -> None:
+    @dataclasses.dataclass
+    class Words:
+        mode: Literal["authors", "true"] = "authors"
+        level: Literal["1", "2"] = "1"
+        flag: bool = False
+
+    cfg, _ = parse_cli(["mode=true", "level=2", "flag=true"], Words)
+    assert (cfg.mode, cfg.level, cfg.flag) == ("true", "2", True)
+    with pytest.raises(UserError, match="'mode'.*is not one of authors, true"):
+        parse_cli(["mode=yes"], Words)
