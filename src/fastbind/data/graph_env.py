@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["DRAWS", "GraphEnv", "GraphState", "graph_codes", "reference_step", "sample_graphs",
            "split_graphs", "strongly_connected"]
@@ -146,12 +145,6 @@ class GraphState(NamedTuple):
     reward: torch.Tensor  # float: the previous step's reward
 
 
-def _other(u: torch.Tensor, not_this: torch.Tensor, n: int) -> torch.Tensor:
-    """A uniform draw from ``range(n)`` without ``not_this``: its ``floor(u · (n−1))``-th element."""
-    k = (u * (n - 1)).floor().long().clamp(max=n - 2)
-    return k + (k >= not_this).long()
-
-
 @dataclass
 class GraphEnv:
     """A batch of graph environments, one graph per row (``succ (B, A, N)``), stepped as tensors.
@@ -178,18 +171,33 @@ class GraphEnv:
         if self.reward_input not in ("authors", "true"):
             raise ValueError(f"reward_input must be 'authors' or 'true', got {self.reward_input!r}")
         B, A, N = self.succ.shape
+        dev = self.succ.device
         self.batch, self.transports, self.islands = B, A, N
         self._flat = self.succ.reshape(B, A * N)
+        # others[i, k]: the k-th island other than i (a draw "elsewhere" is one lookup)
+        every = torch.arange(N, device=dev).expand(N, N)
+        self._others = every[every != torch.arange(N, device=dev).unsqueeze(1)].view(N, N - 1)
+        # the observation's fixed part: the constant 1 (where the authors' "none" may also land)
+        self._template = torch.zeros(self.input_size, device=dev)
+        self._template[2 * N + A + 1] = 1.0
 
     @property
     def input_size(self) -> int:
         return 2 * self.islands + self.transports + 4
 
+    def _elsewhere(self, k: torch.Tensor, not_this: torch.Tensor) -> torch.Tensor:
+        """The ``k``-th island other than ``not_this`` (elementwise, ``k < N − 1``)."""
+        return self._others.take(not_this * (self.islands - 1) + k)
+
+    def _ranks(self, u: torch.Tensor) -> torch.Tensor:
+        """Uniform draws ``u ∈ [0, 1)`` as ranks ``floor(u · (N − 1))`` among the other islands."""
+        return (u * (self.islands - 1)).long().clamp_(max=self.islands - 2)
+
     def reset(self, u: torch.Tensor) -> GraphState:
         """A new episode from draws ``u (B, DRAWS)``: a uniform goal, a position elsewhere."""
         N = self.islands
-        goal = (u[:, 0] * N).floor().long().clamp(max=N - 1)
-        pos = _other(u[:, 1], goal, N)
+        goal = (u[:, 0] * N).long().clamp_(max=N - 1)
+        pos = self._elsewhere(self._ranks(u[:, 1]), goal)
         zero = torch.zeros_like(goal)
         return GraphState(goal, pos, torch.full_like(goal, self.transports), zero,
                           torch.zeros(len(goal), device=goal.device))
@@ -197,38 +205,35 @@ class GraphEnv:
     def observe(self, s: GraphState, step: int) -> torch.Tensor:
         """The agent's input ``(B, input_size)`` at step ``step`` of the episode (module docstring)."""
         N, A = self.islands, self.transports
-        B, dev = len(s.goal), s.goal.device
-        # the action slots: the authors' layout puts "none" (== A) on the constant's slot
         if self.reward_input == "authors":
-            act = s.last_action + 1
+            act = s.last_action + (2 * N + 1)  # "none" (== A) lands on the constant's slot
         else:
-            act = torch.where(s.last_action == A, 0, s.last_action + 1)
-        hot = torch.cat([F.one_hot(s.goal, N), F.one_hot(s.pos, N), F.one_hot(act, A + 2)], 1).float()  # (B, 2N+A+2)
-        hot[:, 2 * N + A + 1] = 1.0  # the constant (where the authors' "none" may already be)
-        extra = torch.stack([torch.full((B,), step / self.steps, device=dev),
-                             s.reward if self.reward_input == "true" else torch.zeros(B, device=dev)], 1)
-        return torch.cat([hot, extra], 1)
+            act = torch.where(s.last_action == A, 2 * N, s.last_action + (2 * N + 1))
+        x = self._template.expand(len(s.goal), -1).clone()
+        x.scatter_(1, torch.stack([s.goal, s.pos + N, act], 1), 1.0)
+        x[:, 2 * N + A + 2] = step / self.steps
+        if self.reward_input == "true":
+            x[:, 2 * N + A + 3] = s.reward
+        return x
 
     def step(self, s: GraphState, action: torch.Tensor, u: torch.Tensor) -> tuple[GraphState, torch.Tensor]:
         """Take ``action (B,)`` with re-draws from ``u (B, DRAWS)``; returns the new state and reward ``(B,)``."""
-        N = self.islands
-        nxt = self._flat.gather(1, (action * N + s.pos).unsqueeze(1)).squeeze(1)  # (B,), −1: not offered
+        nxt = self._flat.gather(1, (action * self.islands + s.pos).unsqueeze(1)).squeeze(1)  # (B,), −1: not offered
         invalid = nxt < 0
         reached = nxt == s.goal
-        reward = torch.where(invalid, -self.penalty, torch.where(reached, self.reward, 0.0))
-        timer = s.timer + (~reached).long()
-        goal, pos = s.goal, torch.where(invalid, s.pos, nxt)
+        reward = (reached * self.reward).masked_fill_(invalid, -self.penalty)
+        timer = s.timer + ~reached
         # reaching the goal and a time-out never coincide (a rewarded step does not count), so one
         # pair of draws serves both re-draws: the goal avoids the old goal, the position the new one
         out = timer > self.timeout
         redraw = reached | out
-        new_goal = _other(u[:, 0], s.goal, N)
-        new_pos = _other(u[:, 1], new_goal, N)
-        goal = torch.where(redraw, new_goal, goal)
-        pos = torch.where(redraw, new_pos, pos)
-        last = torch.where(out, self.transports, action)
-        timer = torch.where(out, 0, timer)
-        return GraphState(goal, pos, last, timer, reward), reward
+        k = self._ranks(u)
+        new_goal = self._elsewhere(k[:, 0], s.goal)
+        new_pos = self._elsewhere(k[:, 1], new_goal)
+        goal = torch.where(redraw, new_goal, s.goal)
+        pos = torch.where(redraw, new_pos, torch.where(invalid, s.pos, nxt))
+        last = action.masked_fill(out, self.transports)
+        return GraphState(goal, pos, last, timer.masked_fill(out, 0), reward), reward
 
 
 def reference_step(succ: list, state: dict, action: int, u: list[float], *, reward: float, penalty: float,
