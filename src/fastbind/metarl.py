@@ -254,8 +254,9 @@ def train(cfg: MetaRLConfig) -> dict:
         bar.update(1)
         if episode % cfg.checkpoint_every == 0 or episode == cfg.max_steps:
             checkpoint()
+        # a slice ends where a training-reward window ends, so sliced metrics equal uninterrupted ones
         out_of_time = cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes
-        if episode < cfg.max_steps and out_of_time:
+        if episode < cfg.max_steps and out_of_time and episode % cfg.log_every == 0:
             checkpoint()
             stopped = True
             break
