@@ -141,3 +141,20 @@ def run_lm_train(config_for, prefix: str) -> dict:
     losses = [r["train/loss"] for r in records if "train/loss" in r]  # one record: the mean over every step
     return {"seconds": summary["seconds_this_run"], "tokens": summary["train_tokens"],
             "tokens_per_s_logged": logged[-1] if logged else None, "mean_loss": losses[-1] if losses else None}
+
+
+def load_catbabi_run(run_dir: Path, which: str = "best", data: str | None = None):
+    """A ``fastbind catbabi`` run's checkpoint as ``(cfg, model in eval mode, data, checkpoint)``."""
+    from fastbind.data.babi import load_babi
+    from fastbind.models.registry import build_lm
+    from fastbind.recipes.catbabi import CatbAbIConfig
+    from fastbind.runs import RunFolder
+    from fastbind.training.config import from_dict
+
+    ck, _ = RunFolder(run_dir, writer=False).load_checkpoint(which, map_location="cpu")
+    cfg = from_dict(CatbAbIConfig, ck["config"])
+    babi = load_babi(data or cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
+    model = build_lm(cfg, ck["vocab_size"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return cfg, model, babi, ck

@@ -25,12 +25,8 @@ from pathlib import Path
 
 import torch
 
-from _common import environment, write_result  # benchmarks/_common.py
-from fastbind.data.babi import CatbAbIEvalStream, load_babi
-from fastbind.models.registry import build_lm
-from fastbind.recipes.catbabi import CatbAbIConfig
-from fastbind.runs import RunFolder
-from fastbind.training.config import from_dict
+from _common import environment, load_catbabi_run, write_result  # benchmarks/_common.py
+from fastbind.data.babi import CatbAbIEvalStream
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,15 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = RunFolder(args.run, writer=False)
-    ck, _ = run.load_checkpoint(args.checkpoint, map_location="cpu")
-    cfg = from_dict(CatbAbIConfig, ck["config"])
+    cfg, model, data, ck = load_catbabi_run(args.run, args.checkpoint, args.data)
     if cfg.model.arch != "fwm":
         raise SystemExit(f"{args.run} is an arch={cfg.model.arch} run: it has no fast weights")
-    data = load_babi(args.data or cfg.data, seed=cfg.seed, valid_fraction=cfg.valid_fraction)
-    model = build_lm(cfg, ck["vocab_size"])
-    model.load_state_dict(ck["model"])
-    model.eval()
     stories = data.valid if args.split == "valid" else data.test
     stream = CatbAbIEvalStream(stories, data.vocab, batch_size=cfg.batch_size, seg_len=cfg.seg_len, mode=cfg.mode,
                                seed=cfg.seed)
@@ -75,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     q = torch.quantile(n.flatten().double()[: 2_000_000], torch.tensor([0.1, 0.5, 0.9], dtype=torch.double))
     result = {
         "benchmark": "fwm_clip", **environment(torch.device("cpu")),
-        "run": run.name, "checkpoint": args.checkpoint, "step": int(ck["step"]), "split": args.split,
+        "run": args.run.name, "checkpoint": args.checkpoint, "step": int(ck["step"]), "split": args.split,
         "sequences": B, "steps_per_sequence": steps, "chunk": args.chunk,
         "steps_clip_binds": float(binds.double().mean()),
         "sequence_blocks_clip_binds": float(blocks.double().mean()),
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         "norm_quantiles": {"0.1": float(q[0]), "0.5": float(q[1]), "0.9": float(q[2])},
         "norm_mean": float(n.mean()),
     }
-    print(f"{run.name} ({args.checkpoint}.pt, step {result['step']}), {args.split}: {B} × {steps} steps")
+    print(f"{args.run.name} ({args.checkpoint}.pt, step {result['step']}), {args.split}: {B} × {steps} steps")
     print(f"  the clip binds at {100 * result['steps_clip_binds']:.2f}% of steps, in "
           f"{100 * result['sequence_blocks_clip_binds']:.2f}% of one sequence's blocks of {args.chunk}, in "
           f"{100 * result['batch_blocks_clip_binds']:.2f}% of the batch's blocks")

@@ -299,7 +299,7 @@ def test_bench_metarl(tmp_path, restore_threads):
     assert all(a["episodes_per_s"] > 0 for a in res["agents"].values())
 
 
-def test_fwm_clip_counts_the_clip_on_a_catbabi_run(tmp_path, restore_threads):
+def test_fwm_clip_and_protocols_on_a_catbabi_run(tmp_path, restore_threads):
     from fastbind.cli import main as cli
     spec = importlib.util.spec_from_file_location("catbabi_tests", REPO / "tests" / "recipes" / "test_catbabi.py")
     babi_tests = importlib.util.module_from_spec(spec)
@@ -311,3 +311,9 @@ def test_fwm_clip_counts_the_clip_on_a_catbabi_run(tmp_path, restore_threads):
     res = load_benchmark("fwm_clip").main([str(run), "--chunk", "8", "--out", str(tmp_path / "clip.json")])
     assert res["sequences"] == 4 and res["steps_per_sequence"] % 24 == 0
     assert 0 <= res["steps_clip_binds"] <= res["sequence_blocks_clip_binds"] <= res["batch_blocks_clip_binds"] <= 1
+    # the same run under both evaluation protocols: every question scored once in each
+    prot = load_benchmark("catbabi_protocols").main([str(run), "--eval-batch", "6", "--out",
+                                                     str(tmp_path / "prot.json")])
+    rows = list(prot["rows"].values())
+    assert len(rows) == 4 and rows[0]["answers"] == rows[1]["answers"] and rows[2]["answers"] == rows[3]["answers"]
+    assert [r["batch"] for r in rows] == [4, 6, 4, 1] and rows[1]["from_train_state"]
