@@ -284,3 +284,13 @@ def test_catbabi_table_gives_the_mean_without_qa3():
            "valid": [(10, 0.4)], "valid_tasks": [(10, {"qa1": 0.9, "qa2": 0.3, "qa3": 0.0})]}
     table = catbabi_table([run])
     assert "| mean without qa3 | 75.0 |" in table and "| last validation mean without qa3 | 60.0 |" in table
+
+
+def test_catbabi_validation_table_by_step():
+    from fastbind.report.catbabi import validation_table
+    runs = [{"name": "a", "valid": [(s, s / 1000) for s in range(250, 2250, 250)]},
+            {"name": "b", "valid": [(500, 0.5)]}]
+    table = validation_table(runs, columns=4)
+    head, _, row_a, row_b = table.splitlines()
+    assert head == "| run | 250 | 750 | 1,500 | 2,000 |"  # evenly spread, the last included
+    assert row_a == "| a | 25.0 | 75.0 | 150.0 | 200.0 |" and row_b == "| b | – | – | – | – |"

@@ -12,7 +12,7 @@ from fastbind.report.common import MISSING, cell, format_int, number, open_run
 from fastbind.report.plots import curve_png, line_style, pyplot
 from fastbind.runs import RunFolder
 
-__all__ = ["CATBABI_RESULTS", "build_catbabi_report", "catbabi_table", "mean_without"]
+__all__ = ["CATBABI_RESULTS", "build_catbabi_report", "catbabi_table", "mean_without", "validation_table"]
 
 CATBABI_RESULTS = "results"  # what `fastbind catbabi` writes: results.json
 # qa3 has no 10k training file in the release (it trains on its 1k file): the mean over the
@@ -64,6 +64,20 @@ def catbabi_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def validation_table(runs: list[dict[str, Any]], columns: int = 12) -> str:
+    """Validation mean accuracy (%) by step: one row per run, at most ``columns`` steps (evenly
+    spread over the steps any run validated at, the last always among them)."""
+    steps = sorted({s for r in runs for s, _ in r["valid"]})
+    if len(steps) > columns:
+        steps = sorted({steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)})
+    lines = ["| run | " + " | ".join(f"{s:,}" for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+    for r in runs:
+        at = dict(r["valid"])
+        lines.append(f"| {cell(r['name'])} | " + " | ".join(MISSING if s not in at else f"{100 * at[s]:.1f}"
+                                                           for s in steps) + " |")
+    return "\n".join(lines)
+
+
 def _catbabi_png(runs: list[dict[str, Any]], title: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -93,6 +107,7 @@ def build_catbabi_report(run_dirs: Sequence[str | Path], out: str | Path, title:
     table = catbabi_table(runs)
     markdown = "\n".join([f"# {title}", "", "Test accuracy on answer tokens (%), per bAbI task and the mean over "
                           "tasks, with each run's best-validation checkpoint.", "", table, "",
+                          "Validation accuracy (%, mean over tasks) by training step:", "", validation_table(runs), "",
                           "![answer accuracy](accuracy.png)", ""])
     folder = RunFolder(out)
     return {"table": table, "markdown": folder.write_text("report.md", markdown),
