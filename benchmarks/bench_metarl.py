@@ -98,7 +98,7 @@ def loop_episode(graphs: list[np.ndarray], steps: int, rng: np.random.RandomStat
 
 def adjacency(succ: torch.Tensor) -> list[np.ndarray]:
     """Successor tables ``(G, A, N)`` as the authors' one-hot tensors ``A[a, from, to]``."""
-    G, A, N = succ.shape
+    _, A, N = succ.shape
     out = []
     for g in succ.tolist():
         m = np.zeros((A, N, N))
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         args.envs, args.steps, args.hidden, args.size, args.rounds = 24, 6, 8, 4, 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    test, train, _ = split_graphs(args.envs, args.envs, 5, 3, 666)
+    _, train, _ = split_graphs(args.envs, args.envs, 5, 3, 666)
     env = GraphEnv(train, steps=args.steps)
     graphs = adjacency(train)
     gen, rng = torch.Generator().manual_seed(0), np.random.RandomState(0)

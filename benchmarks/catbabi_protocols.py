@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "answers": res["answers"], "per_task": res["per_task"], "batch": batch, "from_train_state": from_train,
                 "seconds": time.perf_counter() - t0}
 
-    rows = {"valid, fastbind (batch {0}, empty)".format(cfg.batch_size): accuracy(data.valid, cfg.batch_size, False),
+    rows = {f"valid, fastbind (batch {cfg.batch_size}, empty)": accuracy(data.valid, cfg.batch_size, False),
             f"valid, authors (batch {args.eval_batch}, from training stream 0)": accuracy(data.valid, args.eval_batch,
                                                                                          True),
             f"test, fastbind (batch {cfg.batch_size}, empty)": accuracy(data.test, cfg.batch_size, False)}

@@ -52,7 +52,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, graphs):
         assert torch.equal(v, kb["model"][k]), k
     assert ka["tests"] == kb["tests"]
     assert json.loads((a / "results.json").read_text()) == json.loads((b / "results.json").read_text())
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "episodes_per_s"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "episodes_per_s"} for r in rows]
     assert strip(_rows(a)) == strip(_rows(b))
 
 

@@ -45,7 +45,7 @@ DRAWS = 2  # uniform draws per environment and step: the re-drawn goal and posit
 
 def strongly_connected(succ: torch.Tensor) -> torch.Tensor:
     """``(G,)`` bool: whether every island of each graph ``succ (G, A, N)`` reaches every other."""
-    G, A, N = succ.shape
+    G, _, N = succ.shape
     adj = torch.zeros(G, N, N + 1, dtype=torch.float32)
     adj.scatter_(2, torch.where(succ < 0, N, succ).transpose(1, 2), 1.0)  # (G, from, to); column N = none
     reach = ((adj[:, :, :N] + torch.eye(N)) > 0).float()

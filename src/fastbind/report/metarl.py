@@ -112,10 +112,10 @@ def build_metarl_report(run_dirs: Sequence[str | Path], out: str | Path, title: 
     """
     runs = [_metarl_run(open_run(d)) for d in run_dirs]
     table = metarl_table(runs)
+    intro = (f"Test reward: one episode on the test graphs every `test_every` training episodes; each cell is the "
+             f"mean of the tests in the {WINDOW:,} episodes up to that count, then the mean ± sd over seeds.")
     markdown = "\n".join([
-        f"# {title}", "", f"Test reward: one episode on the test graphs every `test_every` training episodes; "
-        f"each cell is the mean of the tests in the {WINDOW:,} episodes up to that count, then the mean ± sd "
-        "over seeds.", "", table, "", "![test reward](test_reward.png)", "", "![training reward](train_reward.png)", ""])
+        f"# {title}", "", intro, "", table, "", "![test reward](test_reward.png)", "", "![training reward](train_reward.png)", ""])
     folder = RunFolder(out)
     return {"table": table, "markdown": folder.write_text("report.md", markdown),
             "test_reward": folder.write_bytes("test_reward.png", _curves_png(runs, "test", f"{title}: test reward")),
