@@ -135,3 +135,5 @@ def test_bad_environments_are_refused():
         GraphEnv(torch.zeros(1, 3, 5, dtype=torch.long), reward_input="yes")
     with pytest.raises(ValueError, match="islands >= 2"):
         sample_graphs(3, 1, 3, generator=torch.Generator())
+    with pytest.raises(ValueError, match="transports >= 2"):  # would never finish
+        sample_graphs(3, 4, 1, generator=torch.Generator())

@@ -70,8 +70,8 @@ def sample_graphs(n: int, islands: int = 5, transports: int = 3, *, generator: t
     candidate for every missing graph and keeps those that are strongly connected and, when
     ``exclude`` (``(M, transports, islands)``) is given, not among those graphs.
     """
-    if islands < 2 or transports < 1:
-        raise ValueError(f"need islands >= 2 and transports >= 1, got {islands} and {transports}")
+    if islands < 2 or transports < 2:  # one transport: step 1 fills every slot, step 2 never finds one
+        raise ValueError(f"need islands >= 2 and transports >= 2, got {islands} and {transports}")
     banned = graph_codes(exclude) if exclude is not None and len(exclude) else None
     out = torch.empty(0, transports, islands, dtype=torch.long)
     while len(out) < n:
@@ -106,9 +106,10 @@ def _candidates(g: int, N: int, A: int, generator: torch.Generator) -> tuple[tor
         free = (succ < 0)
         free[:, :, j] = False
         free = free.reshape(g, A * N)
-        found &= free.any(1)
+        some = free.any(1)
+        found &= some
         slot = _pick(u[:, j], free)
-        succ.view(g, A * N)[torch.arange(g), slot] = torch.where(free.any(1), j, -1)
+        succ.view(g, A * N)[torch.arange(g), slot] = torch.where(some, j, -1)
     return succ, found
 
 
