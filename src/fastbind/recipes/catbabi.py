@@ -66,7 +66,10 @@ class CatbAbIConfig:
     under their earlier names ``model.fwm_size``, ``model.fwm_hops``, ``model.fwm_residual``).
     The defaults are the authors' catbAbI model: embedding and LSTM 256, no dropout, F of
     32 × 32 × 32, 3 reads, and the output read from the memory alone (their catbAbI scripts turn
-    the residual off; docs/RESULTS.md, "catbAbI", compares both).
+    the residual off; docs/RESULTS.md, "catbAbI", compares both); N(0, 1) embeddings and one LSTM
+    bias vector with the forget gate at +1, as their code initialises them (with U(±0.1)
+    embeddings one seed in two did not train; docs/RESULTS.md, "the authors' code differences").
+    Their Xavier output layer and projection biases did not help and stay off.
     """
 
     out: str = "runs/catbabi"  # run folder: config, vocab, metrics, checkpoints, results
@@ -91,8 +94,10 @@ class CatbAbIConfig:
     compile: bool = False  # arch=fwm: torch.compile the fast-weight blocks (minutes to compile, then faster)
     tensorboard: bool | None = None  # None: when installed
     progress: bool = True
-    model: ModelConfig = alias("arch", "emb_dim", default_factory=lambda: ModelConfig(arch="fwm", emb_dim=256))
-    lstm: LSTMConfig = alias("hidden", default_factory=lambda: LSTMConfig(hidden=256, input_dropout=0.0, dropout=0.0))
+    model: ModelConfig = alias("arch", "emb_dim", default_factory=lambda: ModelConfig(arch="fwm", emb_dim=256,
+                                                                                      emb_init="normal"))
+    lstm: LSTMConfig = alias("hidden", default_factory=lambda: LSTMConfig(hidden=256, input_dropout=0.0, dropout=0.0,
+                                                                          bias="single"))
     fwm: FWMConfig = field(default_factory=lambda: FWMConfig(residual=False))
     # The authors: Adam 1e-3, no gradient clipping.
     optim: OptimConfig = alias("lr", default_factory=lambda: OptimConfig(name="adam", lr=1e-3, clip=0.0))
