@@ -104,3 +104,21 @@ def test_reward_at_is_the_mean_of_a_window():
     curve = [(e, float(e)) for e in range(50, 2050, 50)]
     assert reward_at(curve, 2000, window=1000) == sum(range(1050, 2050, 50)) / 20
     assert reward_at(curve, 2500) is None and reward_at([], 10) is None
+
+
+def test_table_compares_seeds_of_unequal_length_at_a_common_count():
+    from fastbind.report.metarl import metarl_table
+    def run(last, offset):  # a test and a training reward every 50 episodes, the reward = episode / 100 + offset
+        curve = [(e, e / 100 + offset) for e in range(50, last + 50, 50)]
+        return {"name": f"s{offset}", "label": "LSTM-32", "seed": offset, "test": curve, "train": curve}
+
+    row = metarl_table([run(10000, 0.0), run(6000, 2.0)]).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # the episodes column is the shorter run's; 5,000 is reached by both, 10,000 by one
+    assert cells[1:3] == ["2", "6,000"]
+    both = [sum(e / 100 for e in range(4050, 5050, 50)) / 20 + o for o in (0.0, 2.0)]
+    assert cells[3] == f"{(both[0] + both[1]) / 2:.1f} ± {2 ** 0.5:.1f}"
+    assert cells[4] == f"{sum(e / 100 for e in range(9050, 10050, 50)) / 20:.1f}"
+    # training reward: both seeds at 6,000 episodes, not each at its own end
+    train = [sum(e / 100 for e in range(5050, 6050, 50)) / 20 + o for o in (0.0, 2.0)]
+    assert cells[-1] == f"{(train[0] + train[1]) / 2:.1f} ± {2 ** 0.5:.1f}"

@@ -73,21 +73,23 @@ def _mean_sd(values: list[float]) -> str:
 
 def metarl_table(runs: list[dict[str, Any]]) -> str:
     """One row per agent group: test reward at each episode count of ``AT`` that some run reached
-    (mean ± sd over seeds), the last training reward, episodes and seeds."""
+    (mean ± sd over the seeds that reached it), and the training reward at the episode count every
+    seed of the group reached (the ``episodes`` column), so seeds of unequal length compare."""
     groups = _groups(runs)
     reached = max((r["test"][-1][0] for r in runs if r["test"]), default=0)
     at = [e for e in AT if e <= reached] or [reached]
     head = ("| agent | seeds | episodes | " + " | ".join(f"test reward at {e:,}" for e in at)
-            + f" | training reward (last {WINDOW:,}) |")
+            + f" | training reward at `episodes` (the {WINDOW:,} before) |")
     lines = [head, "|---|---:|---:|" + "---:|" * (len(at) + 1)]
     for label, members in groups.items():
         episodes = [r["test"][-1][0] if r["test"] else (r["train"][-1][0] if r["train"] else 0) for r in members]
         cells = []
         for e in at:
             cells.append(_mean_sd([v for r in members if (v := reward_at(r["test"], e)) is not None]))
-        last_train = [v for r in members if r["train"] and (v := reward_at(r["train"], r["train"][-1][0])) is not None]
-        lines.append(f"| {cell(label)} | {len(members)} | {min(episodes):,} | " + " | ".join(cells)
-                     + f" | {_mean_sd(last_train)} |")
+        common = min(episodes)
+        train = [v for r in members if (v := reward_at(r["train"], common)) is not None]
+        lines.append(f"| {cell(label)} | {len(members)} | {common:,} | " + " | ".join(cells)
+                     + f" | {_mean_sd(train)} |")
     return "\n".join(lines)
 
 
